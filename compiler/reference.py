@@ -1,0 +1,143 @@
+"""Reference semantics of every op, in numpy: the oracle that all backends are tested against.
+
+float16/bfloat16 einsums accumulate in float32 and round once; integer arithmetic wraps like C;
+`zq(q)` arithmetic is exact modulo q (einsums go through Python integers when products could overflow).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import dtypes as dt
+from .errors import IRError, RuntimeFailure
+from .functions import lookup
+from .ir import Op, Program
+from .spec import EinsumSpec
+
+
+def literal_array(op: Op) -> np.ndarray:
+    value = op.attrs["value"]
+    if isinstance(value, list):
+        value = complex(value[0], value[1])
+    return np.asarray(value).astype(op.type.dtype.numpy)
+
+
+def _modular_einsum(spec: str, arrays: list[np.ndarray], q: int) -> np.ndarray:
+    """Exact einsum modulo q: uint64 when no sum of products can overflow, Python integers otherwise."""
+    parsed = EinsumSpec.parse(spec)
+    sizes = parsed.sizes([a.shape for a in arrays])
+    terms_per_output = math.prod(sizes[label] for label in parsed.summed)
+    if (q - 1) ** len(arrays) * terms_per_output < 2**64:
+        return np.asarray(np.einsum(spec, *arrays, optimize=len(arrays) > 2)) % np.uint64(q)
+    result = np.einsum(spec, *(a.astype(object) for a in arrays), optimize=len(arrays) > 2)
+    return (np.asarray(result) % q).astype(np.uint64)
+
+
+def _modular_binary(opcode: str, a: np.ndarray, b: np.ndarray, q: int) -> np.ndarray:
+    if q < 2**32:
+        a64, b64, q64 = a.astype(np.uint64), b.astype(np.uint64), np.uint64(q)
+        if opcode == "add":
+            return (a64 + b64) % q64
+        if opcode == "sub":
+            return (a64 + (q64 - b64)) % q64
+        if opcode == "mul":
+            return (a64 * b64) % q64
+    ao, bo = a.astype(object), b.astype(object)
+    result = {"add": lambda: ao + bo, "sub": lambda: ao - bo, "mul": lambda: ao * bo}[opcode]()
+    return (np.asarray(result) % q).astype(np.uint64)
+
+
+def _float_einsum(spec: str, arrays: list[np.ndarray], out_dtype: np.dtype) -> np.ndarray:
+    if out_dtype in (dt.float16.numpy, dt.bfloat16.numpy):
+        arrays = [a.astype(np.float32) for a in arrays]
+    return np.asarray(np.einsum(spec, *arrays, optimize=len(arrays) > 2)).astype(out_dtype)
+
+
+def evaluate_op(op: Op, args: list[np.ndarray], weights: dict[str, np.ndarray]) -> np.ndarray:
+    """The value of one op given its operands' values."""
+    element = op.type.dtype
+    storage = element.numpy
+    code = op.opcode
+    if code == "const":
+        name = op.attrs["name"]
+        if name not in weights:
+            raise RuntimeFailure(f"weight {name!r} has no data: the program was parsed from text without it; "
+                                 f"pass weights={{{name!r}: array}}")
+        return weights[name]
+    if code == "literal":
+        return literal_array(op)
+    if code == "einsum":
+        if element.is_modular:
+            return _modular_einsum(op.attrs["spec"], args, element.modulus)
+        return _float_einsum(op.attrs["spec"], args, storage)
+    if code in ("add", "sub", "mul", "div", "pow"):
+        a, b = args
+        if element.is_modular:
+            return _modular_binary(code, a, b, element.modulus)
+        if element.name == "bool":
+            return (np.logical_or(a, b) if code == "add" else np.logical_and(a, b)).astype(storage)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            if code == "div" and element.is_int:
+                return _int_div(a, b)
+            fn = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "pow": np.power}[code]
+            return np.asarray(fn(a, b)).astype(storage)
+    if code == "neg":
+        if element.is_modular:
+            return ((np.uint64(element.modulus) - args[0]) % np.uint64(element.modulus)).astype(storage)
+        return np.negative(args[0])
+    if code == "map":
+        fn = lookup(op.attrs["fn"])
+        x = args[0]
+        if element.is_modular:
+            return _modular_poly(x, op, element.modulus)
+        wide = x.astype(np.float32) if storage in (dt.float16.numpy, dt.bfloat16.numpy) else x
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            value = fn.reference(wide, op.attrs["coeffs"]) if fn.name == "poly" else fn.reference(wide)
+        return np.asarray(value).astype(storage)
+    if code == "reshape":
+        return args[0].reshape(op.type.shape)
+    if code == "cast":
+        return _cast(args[0], element)
+    raise IRError(f"the reference evaluator has no rule for {code}")
+
+
+def _int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """C-style integer division (truncating); division by zero is an error, not a silent value."""
+    if np.any(b == 0):
+        raise RuntimeFailure("integer division by zero")
+    quotient = np.abs(a) // np.abs(b)
+    return np.where((a < 0) != (b < 0), -quotient, quotient).astype(np.result_type(a, b))
+
+
+def _modular_poly(x: np.ndarray, op: Op, q: int) -> np.ndarray:
+    if op.attrs["fn"] == "square":
+        return _modular_binary("mul", x, x, q)
+    coeffs = op.attrs["coeffs"]
+    result = np.zeros_like(x, dtype=np.uint64)
+    for c in reversed(coeffs):
+        if int(c) != c:
+            raise IRError(f"map poly on zq({q}) needs integer coefficients, got {c}")
+        result = _modular_binary("add", _modular_binary("mul", result, x, q),
+                                 np.full_like(result, int(c) % q), q)
+    return result
+
+
+def _cast(x: np.ndarray, target: dt.DType) -> np.ndarray:
+    if target.is_modular:
+        if x.dtype.kind == "f" or x.dtype.kind == "c":
+            raise RuntimeFailure(f"cannot cast floating values to {target}")
+        return (x.astype(object) % target.modulus).astype(np.uint64)
+    return x.astype(target.numpy)
+
+
+def run_program(program: Program, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """Evaluate a whole program on concrete inputs (in the order of its input ops)."""
+    values: dict[str, np.ndarray] = {}
+    for op, array in zip(program.inputs, inputs):
+        values[op.result] = array
+    for op in program.ops:
+        if op.opcode != "input":
+            values[op.result] = evaluate_op(op, [values[v] for v in op.operands], program.weights)
+    return [values[name] for name in program.outputs]
