@@ -19,12 +19,15 @@ class Lowered:
         returning that text; the driver adds 'ir' itself.
     stages: extra IR stages below the einfold IR (name -> text), shown by `exe.stages`/`einfold inspect`.
     stats: backend figures merged into `exe.stats()`.
+    api: extra methods of the executable (`exe.keygen` is `api['keygen']`), for targets with a split workflow.
+    source_kind: what `exe.source()` prints by default.
     """
 
     run: Callable[[list[np.ndarray]], list[np.ndarray]]
     emits: dict[str, Callable[[], str]] = field(default_factory=dict)
     stages: dict[str, str] = field(default_factory=dict)
     stats: dict[str, object] = field(default_factory=dict)
+    api: dict[str, Callable] = field(default_factory=dict)
     source_kind: str | None = None
 
     def emit(self, kind: str) -> str:

@@ -70,6 +70,14 @@ class Executable:
     def __repr__(self) -> str:
         return f"<einfold.Executable @{self.program.name} target={self.target}>"
 
+    def __getattr__(self, name: str) -> Any:
+        """Target-specific methods (e.g. `keygen`, `encrypt` of the ckks target)."""
+        api = self.__dict__.get("_lowered").api if "_lowered" in self.__dict__ else {}
+        if name in api:
+            return api[name]
+        raise AttributeError(f"{type(self).__name__} for target {self.__dict__.get('target')!r} has no "
+                             f"attribute {name!r}")
+
     @property
     def stages(self) -> list[str]:
         return list(self._stages)
