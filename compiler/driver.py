@@ -30,6 +30,9 @@ def to_program(source: Program | str | os.PathLike, shapes: Sequence[Sequence[in
         if not isinstance(source, str):
             raise Error("shapes= goes with an einsum spec string, e.g. compile('ij,jk->ik', shapes=[...])")
         return spec_program(source, shapes, dtype)
+    if isinstance(source, str) and source.lstrip().startswith("program @"):
+        from .textir import parse_ir
+        return parse_ir(source)
     from .frontend.dsl import load_ein
     if isinstance(source, os.PathLike) or (isinstance(source, str) and source.endswith(".ein")
                                            and "\n" not in source):
@@ -37,9 +40,6 @@ def to_program(source: Program | str | os.PathLike, shapes: Sequence[Sequence[in
         if not path.exists():
             raise Error(f"no such file: {path}")
         return load_ein(path, dims=dims)
-    if isinstance(source, str) and source.lstrip().startswith("program @"):
-        from .textir import parse_ir
-        return parse_ir(source)
     if isinstance(source, str):
         return load_ein(source, dims=dims)
     raise Error(f"cannot compile a {type(source).__name__}: give a Program, a .ein path or text, "
@@ -113,6 +113,16 @@ class Executable:
             "compile_seconds": self._compile_seconds,
             "pass_seconds": dict(self._pass_seconds),
         }
+        plans = [op.attrs["plan"] for op in self.program.ops if "plan" in op.attrs]
+        if plans:
+            figures["contractions"] = plans
+        choices = {op.attrs["factorization"]["weight"]: op.attrs["factorization"]
+                   for op in self.program.ops if "factorization" in op.attrs}
+        if choices:
+            figures["factorization"] = choices
+            figures["flops_dense"] = figures["flops"] + sum(c["flops_dense"] - c["flops"] for c in choices.values())
+        else:
+            figures["flops_dense"] = figures["flops"]
         figures.update(self._lowered.stats)
         return figures
 
@@ -148,6 +158,14 @@ def _coerce(value: np.ndarray, element: dt.DType, name: str) -> np.ndarray:
     return value.astype(element.numpy)
 
 
+def pipeline(default: list[str], target_passes: list[str], options: dict[str, Any]) -> list[str]:
+    """The pass list: the default pipeline, `factorize` after constant folding when asked for, the target's own."""
+    names = list(default)
+    if options.get("factorize", "none") != "none":
+        names.insert(names.index("constant-fold") + 1, "factorize")
+    return names + [name for name in target_passes if name not in names]
+
+
 def compile(source: Program | str | os.PathLike, target: str = "numpy", passes: Iterable[str] | None = None,
             print_after: Iterable[str] | str | None = None, shapes: Sequence[Sequence[int]] | None = None,
             dtype: object = "f32", dims: dict[str, int] | None = None, stream: TextIO | None = None,
@@ -162,7 +180,7 @@ def compile(source: Program | str | os.PathLike, target: str = "numpy", passes: 
     ok, reason = backend.available()
     if not ok:
         raise UnsupportedError(f"target {target!r} is not available here: {reason}")
-    names = list(passes) if passes is not None else [*DEFAULT_PIPELINE, *backend.passes(options)]
+    names = list(passes) if passes is not None else pipeline(DEFAULT_PIPELINE, backend.passes(options), options)
     manager = PassManager([get_pass(n) for n in names], print_after, stream or sys.stdout)
     stages = {"input": str(program)}
     final, records = manager.run(program, {**options, "target": target})
