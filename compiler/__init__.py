@@ -7,13 +7,13 @@
 
 from __future__ import annotations
 
+from .driver import Executable, compile
 from .dtypes import DType, zq
 from .errors import Error, IRError, RuntimeFailure, SourceError, SpecError, UnsupportedError
 from .ir import Op, Program
 from .ops import TensorType
 from .spec import EinsumSpec
 from .textir import parse_ir
-from .driver import Executable, compile
 
 # Frontend names load on first use (the frontends import more than the core needs).
 _FRONTEND = {

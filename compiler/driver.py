@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -172,7 +173,8 @@ def compile(source: Program | str | os.PathLike, target: str = "numpy", passes: 
             **options: Any) -> Executable:
     """Compile a program for `target`. `passes=None` runs the default pipeline plus the target's passes."""
     from . import backends
-    from .passes import DEFAULT_PIPELINE, get as get_pass
+    from .passes import DEFAULT_PIPELINE
+    from .passes import get as get_pass
 
     start = time.perf_counter()
     program = to_program(source, shapes, dtype, dims).verify()

@@ -6,8 +6,8 @@ Each entry gives the numpy reference, the FLOPs per element, and whether it is a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

@@ -4,8 +4,9 @@ from its operand types and attributes. The builder, the verifier and the stats a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol, TextIO
+from typing import Protocol, TextIO
 
 from .errors import IRError
 from .ir import Program

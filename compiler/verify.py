@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .errors import IRError
 from .ops import infer_type
 from .printer import format_op
-
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .ir import Program

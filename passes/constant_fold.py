@@ -19,7 +19,6 @@ CONSTANT = ("const", "literal")
 @function_pass("constant-fold")
 def constant_fold(program: Program, options: dict) -> Program:
     """Fold weight-only ops whose result is no larger than their inputs."""
-    values: dict[str, np.ndarray] = {}
     weights = dict(program.weights)
     defs: dict[str, Op] = {}
     ops: list[Op] = []

@@ -104,7 +104,8 @@ def _program_with(op: Op) -> einfold.Program:
 
 @pytest.mark.parametrize("op, message", [
     (Op("einsum", "r", TensorType((2, 4), dt.float32), ("a", "b"), {"spec": "ij,jk->ik"}), None),
-    (Op("einsum", "r", TensorType((2, 5), dt.float32), ("a", "b"), {"spec": "ij,jk->ik"}), "declared type f32\\[2,5\\]"),
+    (Op("einsum", "r", TensorType((2, 5), dt.float32), ("a", "b"), {"spec": "ij,jk->ik"}),
+     "declared type f32\\[2,5\\]"),
     (Op("einsum", "r", TensorType((2, 4), dt.float32), ("a", "b"), {"spec": "ij,kk->ik"}), "index 'k' has size 4"),
     (Op("einsum", "r", TensorType((2, 4), dt.float32), ("a", "zz"), {"spec": "ij,jk->ik"}), "operand 1 \\(%zz\\)"),
     (Op("add", "r", TensorType((2, 3), dt.float32), ("a", "b"), {}), "do not broadcast"),
