@@ -47,4 +47,6 @@ def availability() -> dict[str, tuple[bool, str, str]]:
             table[name] = (ok, reason, module.DESCRIPTION)
         except ImportError as error:
             table[name] = (False, f"not built: {error}", "")
+        except Exception as error:  # a broken backend must not hide the others
+            table[name] = (False, f"broken: {type(error).__name__}: {error}", "")
     return table
