@@ -21,7 +21,8 @@ _FRONTEND = {
     "trace": "einfold.frontend.tracing", "relu": "einfold.frontend.tracing", "exp": "einfold.frontend.tracing",
     "tanh": "einfold.frontend.tracing", "gelu": "einfold.frontend.tracing",
     "sigmoid": "einfold.frontend.tracing", "square": "einfold.frontend.tracing",
-    "poly": "einfold.frontend.tracing",
+    "poly": "einfold.frontend.tracing", "log": "einfold.frontend.tracing", "sqrt": "einfold.frontend.tracing",
+    "function": "einfold.frontend.tracing",
     "load_ein": "einfold.frontend.dsl",
 }
 
@@ -38,5 +39,6 @@ __version__ = "0.1.0"
 __all__ = [
     "DType", "zq", "Error", "IRError", "RuntimeFailure", "SourceError", "SpecError", "UnsupportedError",
     "Op", "Program", "TensorType", "EinsumSpec", "parse_ir", "Executable", "compile",
-    "einsum", "trace", "relu", "exp", "tanh", "gelu", "sigmoid", "square", "poly", "load_ein",
+    "einsum", "trace", "relu", "exp", "tanh", "gelu", "sigmoid", "square", "poly", "log", "sqrt", "function",
+    "load_ein",
 ]

@@ -116,4 +116,7 @@ def result_type(*types: DType) -> DType:
         if len(set(types)) != 1:
             raise IRError(f"cannot combine {', '.join(map(str, types))}: zq values only combine with the same zq")
         return types[0]
-    return dtype(np.result_type(*(t.numpy for t in types)))
+    try:
+        return dtype(np.result_type(*(t.numpy for t in types)))
+    except TypeError:  # e.g. bf16 with i16/i32/i64/u16/u32/u64/f16: numpy knows no common type
+        raise IRError(f"no common dtype for {', '.join(map(str, types))}; insert a cast") from None

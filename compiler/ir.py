@@ -10,17 +10,18 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
 from . import dtypes as dt
 from .errors import IRError
-from .ops import ELEMENTWISE_BINARY, OPS, TensorType, flops, infer_type
+from .ops import ELEMENTWISE_BINARY, TensorType, flops, infer_type
 from .spec import parse_subscripts
 
-NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*|[0-9]+")
+NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*|[0-9]+(?:\.[A-Za-z0-9_]+)*")
 
 
 @dataclass(frozen=True)

@@ -93,8 +93,8 @@ def _map(opcode: str, types: list[TensorType], attrs: dict, declared: TensorType
         coeffs = attrs.get("coeffs")
         if not isinstance(coeffs, list) or not coeffs or not all(isinstance(c, (int, float)) for c in coeffs):
             raise IRError("map poly needs coeffs=[c0, c1, ...], a non-empty list of numbers")
-    elif set(attrs) - {"fn"}:
-        raise IRError(f"map {fn.name} takes no attributes, got {sorted(set(attrs) - {'fn'})}")
+    elif set(attrs) - {"fn", "epilogue_of"}:  # epilogue_of: the fuse-epilogue pass's mark
+        raise IRError(f"map {fn.name} takes no attributes, got {sorted(set(attrs) - {'fn', 'epilogue_of'})}")
     return t
 
 

@@ -25,14 +25,59 @@ def literal_array(op: Op) -> np.ndarray:
 
 
 def _modular_einsum(spec: str, arrays: list[np.ndarray], q: int) -> np.ndarray:
-    """Exact einsum modulo q: uint64 when no sum of products can overflow, Python integers otherwise."""
+    """Exact einsum modulo q: uint64 when no sum of products can overflow, 16-bit limbs (float64 BLAS) for two
+    operands, Python integers otherwise."""
     parsed = EinsumSpec.parse(spec)
     sizes = parsed.sizes([a.shape for a in arrays])
     terms_per_output = math.prod(sizes[label] for label in parsed.summed)
     if (q - 1) ** len(arrays) * terms_per_output < 2**64:
         return np.asarray(np.einsum(spec, *arrays, optimize=len(arrays) > 2)) % np.uint64(q)
+    if len(arrays) == 2 and terms_per_output * (LIMB - 1) ** 2 < 2**53:
+        return _modular_einsum_limbs(spec, arrays[0], arrays[1], q)
     result = np.einsum(spec, *(a.astype(object) for a in arrays), optimize=len(arrays) > 2)
     return (np.asarray(result) % q).astype(np.uint64)
+
+
+LIMB = 2**16
+
+
+def _modular_einsum_limbs(spec: str, a: np.ndarray, b: np.ndarray, q: int) -> np.ndarray:
+    """Exact two-operand einsum modulo q < 2^64 from 16-bit limbs: a = sum_i a_i 2^(16 i), likewise b, and
+    a.b = sum_k 2^(16 k) sum_(i+j=k) a_i.b_j, each limb product an exact float64 BLAS einsum (terms x 2^32 < 2^53).
+    The limb sums are combined by Horner's rule in uint64: r = r * 2^16 + S_k (mod q), the shift in small steps."""
+    width = (q - 1).bit_length()
+    count = -(-width // 16)
+    limbs_a = [((a >> np.uint64(16 * i)) & np.uint64(LIMB - 1)).astype(np.float64) for i in range(count)]
+    limbs_b = [((b >> np.uint64(16 * j)) & np.uint64(LIMB - 1)).astype(np.float64) for j in range(count)]
+    q64 = np.uint64(q)
+    result = None
+    for k in range(2 * count - 2, -1, -1):
+        partial = None
+        for i in range(max(0, k - count + 1), min(k, count - 1) + 1):
+            term = np.asarray(np.einsum(spec, limbs_a[i], limbs_b[k - i], optimize=True)).astype(np.uint64) % q64
+            partial = term if partial is None else _add_mod(partial, term, q64)
+        assert partial is not None
+        result = partial if result is None else _add_mod(_shift_mod(result, 16, q), partial, q64)
+    assert result is not None
+    return np.asarray(result, dtype=np.uint64)
+
+
+def _add_mod(x: np.ndarray, y: np.ndarray, q64: np.uint64) -> np.ndarray:
+    """x + y mod q for x, y < q without overflowing uint64."""
+    room = q64 - y
+    return np.where(x >= room, x - room, x + y)
+
+
+def _shift_mod(x: np.ndarray, bits: int, q: int) -> np.ndarray:
+    """x * 2^bits mod q for x < q < 2^64, shifting by at most 64 - bitlen(q) bits at a time (doubling when
+    q needs all 64 bits), so nothing overflows."""
+    step = 64 - (q - 1).bit_length()
+    q64 = np.uint64(q)
+    while bits > 0:
+        shift = min(step, bits)
+        x = (x << np.uint64(shift)) % q64 if shift else _add_mod(x, x, q64)
+        bits -= max(shift, 1)
+    return x
 
 
 def _modular_binary(opcode: str, a: np.ndarray, b: np.ndarray, q: int) -> np.ndarray:

@@ -9,7 +9,10 @@ against a larger one gets a letter of its own, summed away (`'ij,ij->ij'` over (
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass
+
+import numpy as np
 
 from .errors import SpecError
 
@@ -142,7 +145,7 @@ def parse_subscripts(subscripts: str, shapes: list[tuple[int, ...]]) -> ParsedSp
 
     # Expand '...' into fresh letters, right-aligned across operands (numpy broadcasting).
     ellipsis_dims = []
-    for k, ((labels, has_ellipsis, ell_col), shape) in enumerate(zip(parsed_terms, shapes)):
+    for k, ((labels, has_ellipsis, _), shape) in enumerate(zip(parsed_terms, shapes)):
         term, col = terms[k]
         if len(labels) > len(shape) or (not has_ellipsis and len(labels) != len(shape)):
             raise SpecError(_point(text, col, f"operand {k} has {len(shape)} dimensions {tuple(shape)} but "
@@ -171,12 +174,13 @@ def parse_subscripts(subscripts: str, shapes: list[tuple[int, ...]]) -> ParsedSp
                 raise SpecError(_point(text, col, f"dimensions in operand {k} for collapsing index '{label}' "
                                                   f"don't match ({local[label]} != {size})"))
             local[label] = int(size)
-            if sizes.get(label, 1) != size and size != 1:
-                if sizes.get(label, 1) != 1:
-                    raise SpecError(_point(text, col, f"index '{label}' has size {size} in operand {k} "
-                                                      f"but {sizes[label]} elsewhere; shapes "
-                                                      f"{[tuple(s) for s in shapes]} do not match"))
-            sizes[label] = max(sizes.get(label, 1), int(size))
+            known = sizes.get(label)
+            if known is None or known == 1:
+                sizes[label] = int(size)  # a size-1 dimension broadcasts against any size, 0 included
+            elif size not in (1, known):
+                raise SpecError(_point(text, col, f"index '{label}' has size {size} in operand {k} "
+                                                  f"but {known} elsewhere; shapes "
+                                                  f"{[tuple(s) for s in shapes]} do not match"))
 
     # Output labels: explicit (checked) or numpy's implicit rule.
     counts: dict[str, int] = {}
@@ -196,13 +200,17 @@ def parse_subscripts(subscripts: str, shapes: list[tuple[int, ...]]) -> ParsedSp
         if out_has_ellipsis:
             position = sum(1 for _, col in out_labels if col < out_ell_col)
             output[position:position] = ellipsis_letters
+        elif ellipsis_letters:
+            raise SpecError(_point(text, arrow + 2, f"the inputs' '...' stands for {n_ellipsis} dimension(s) but "
+                                                    f"the output has no '...' to put them in (numpy rejects this "
+                                                    f"too; sum them with an explicit index instead)"))
     else:
         singles = sorted(label for label, n in counts.items() if n == 1 and label not in ellipsis_letters)
         output = ellipsis_letters + singles
 
     # Give size-1 occurrences of a broadcast label a letter of their own (summed away, a no-op).
     inputs: list[str] = []
-    for k, (occ, shape) in enumerate(zip(occurrences, shapes)):
+    for occ, shape in zip(occurrences, shapes):
         renamed: dict[str, str] = {}
         letters = []
         for (label, col), size in zip(occ, shape):
@@ -243,6 +251,10 @@ def _read_term(text: str, term: str, col: int, what: str) -> tuple[list[tuple[st
     return labels, ellipsis_col >= 0, ellipsis_col
 
 
+class SublistTypeError(SpecError, TypeError):
+    """A sublist, or an item of one, that is not an integer or Ellipsis (a TypeError, as in numpy)."""
+
+
 def sublists_to_subscripts(args: tuple) -> tuple[str, list]:
     """numpy's interleaved form `einsum(a, [0,1], b, [1,2], [0,2])` -> ('ab,bc->ac', [a, b])."""
     has_output = len(args) % 2 == 1
@@ -251,20 +263,21 @@ def sublists_to_subscripts(args: tuple) -> tuple[str, list]:
     output = args[-1] if has_output else None
 
     def to_letters(sublist: object, where: str) -> str:
-        try:
-            items = list(sublist)  # type: ignore[call-overload]
-        except TypeError:
-            raise SpecError(f"einsum sublist for {where} must be a list of integers or Ellipsis, "
-                            f"got {sublist!r}") from None
+        if isinstance(sublist, (str, bytes)) or not hasattr(sublist, "__iter__"):
+            raise SublistTypeError(f"einsum sublist for {where} must be a list of integers or Ellipsis, "
+                                   f"got {sublist!r}")
         out = []
-        for item in items:
+        for item in sublist:  # type: ignore[attr-defined]
             if item is Ellipsis:
                 out.append("...")
-            elif isinstance(item, (int,)) and not isinstance(item, bool) and 0 <= item < len(LETTERS):
-                out.append(LETTERS[item])
-            else:
-                raise SpecError(f"einsum sublist for {where} has {item!r}; subscripts must be integers "
-                                f"in [0, {len(LETTERS)}) or Ellipsis")
+                continue
+            if isinstance(item, (bool, np.bool_)) or not hasattr(item, "__index__"):
+                raise SublistTypeError(f"einsum sublist for {where} has {item!r}; each subscript must be "
+                                       f"an integer or Ellipsis")
+            if not 0 <= operator.index(item) < len(LETTERS):
+                raise SpecError(f"einsum sublist for {where} has {item!r}; subscripts must lie in "
+                                f"[0, {len(LETTERS)})")
+            out.append(LETTERS[operator.index(item)])
         return "".join(out)
 
     terms = [to_letters(s, f"operand {k}") for k, s in enumerate(sublists)]
