@@ -19,6 +19,7 @@ class Lowered:
         returning that text; the driver adds 'ir' itself.
     stages: extra IR stages below the einfold IR (name -> text), shown by `exe.stages`/`einfold inspect`.
     stats: backend figures merged into `exe.stats()`.
+    noise: absolute error the target may add beyond floating-point rounding (CKKS noise), used by `--check`.
     api: extra methods of the executable (`exe.keygen` is `api['keygen']`), for targets with a split workflow.
     source_kind: what `exe.source()` prints by default.
     """
@@ -27,6 +28,7 @@ class Lowered:
     emits: dict[str, Callable[[], str]] = field(default_factory=dict)
     stages: dict[str, str] = field(default_factory=dict)
     stats: dict[str, object] = field(default_factory=dict)
+    noise: float = 0.0
     api: dict[str, Callable] = field(default_factory=dict)
     source_kind: str | None = None
 

@@ -159,7 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         error = _max_error(got, want)
         scale = float(np.max(np.abs(want.astype(np.complex128 if want.dtype.kind == "c" else np.float64)))) \
             if want.size and want.dtype.kind in "fcV" else 1.0
-        limit = tolerance(exe.program.type_of(name).dtype) * max(scale, 1.0)
+        limit = max(tolerance(exe.program.type_of(name).dtype) * max(scale, 1.0), exe.noise)
         verdict = "ok" if error <= limit else "MISMATCH"
         ok &= error <= limit
         print(f"check %{name}: max abs error {error:.3e} vs numpy reference (limit {limit:.1e}) {verdict}")

@@ -102,6 +102,11 @@ class Executable:
         return self._lowered.emit(kind)
 
     @property
+    def noise(self) -> float:
+        """Absolute error this target may add beyond rounding (0 except for approximate targets like CKKS)."""
+        return self._lowered.noise
+
+    @property
     def emit_kinds(self) -> list[str]:
         return ["ir", "dot", *self._lowered.emits]
 

@@ -42,4 +42,4 @@ def lower(program: Program, options: dict) -> Lowered:
     api["plan"] = plan
     api["runtime"] = runtime
     return Lowered(run=runtime.run, emits={"fhe": lambda: text}, stages={"fhe": text},
-                   stats=cost.stats(plan.fhe, plan.levels.depth), api=api, source_kind="fhe")
+                   stats=cost.stats(plan.fhe, plan.levels.depth), api=api, source_kind="fhe", noise=1e-3)
