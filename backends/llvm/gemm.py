@@ -1,0 +1,371 @@
+"""Blocked GEMM for GEMM-shaped einsums: C[b, m, n] = sum_k A[b, m, k] * B[b, k, n] (label groups from
+`GemmView`; permuted or non-contiguous label orders are read through a stride or an offset table per group).
+
+Goto/BLIS loop order per batch: n-blocks (NC) > k-blocks (KC, pack B into NR-wide panels) > m-blocks (MC, pack A
+into MR-high panels) > an MR x NR register-blocked micro-kernel of vector FMAs (6x16 f32 / 6x8 f64 on AVX2).
+Threads split the batch, or else the rows in whole MR panels; each thread packs into its own workspace."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from llvmlite import ir
+
+from einfold.ir import Op
+from einfold.loopnest import GemmView, label_strides
+from einfold.spec import EinsumSpec
+
+from .loops import const, for_range, loop_carry, thread_range
+from .scalars import I64, PTR, Scalar, intrinsic
+
+if TYPE_CHECKING:
+    from .codegen import ModuleBuilder
+
+VECTOR_BITS = 256  # AVX2
+MIN_FLOPS = 2 * 16 * 16 * 16  # smaller products run as plain loop nests
+
+
+@dataclass(frozen=True)
+class GemmPlan:
+    """Register and cache blocking for one dtype: MR x NR micro-tile (NR a multiple of the vector width)."""
+
+    lanes: int
+    mr: int
+    nr: int
+    kc: int
+    mc: int
+    nc: int
+
+    def describe(self) -> str:
+        return f"{self.mr}x{self.nr} micro-kernel, blocks kc={self.kc} mc={self.mc} nc={self.nc}"
+
+
+def gemm_plan(view: GemmView, sc: Scalar) -> GemmPlan | None:
+    """A blocking plan when the einsum is a true (batched) matrix product of a dtype with a vector kernel."""
+    if not view.is_gemm or sc.kind not in ("float", "int", "uint") or sc.dtype.name in ("f16", "bf16"):
+        return None
+    if sc.compute.__class__ is ir.IntType and sc.compute.width < 32:
+        return None
+    m, n, k = view.extent(view.m), view.extent(view.n), view.extent(view.k)
+    if min(m, n, k, view.extent(view.batch)) == 0 or 2 * m * n * k < MIN_FLOPS:
+        return None
+    bits = 32 if str(sc.compute) in ("float", "i32") else 64
+    lanes = VECTOR_BITS // bits
+    nr = 2 * lanes
+    kc = min(256, k)
+    mc = 120 if bits == 32 else 96
+    nc = 2048 if bits == 32 else 1024
+    return GemmPlan(lanes, 6, nr, kc, min(mc, _round_up(m, 6)), min(nc, _round_up(n, nr)))
+
+
+def _round_up(x: int, step: int) -> int:
+    return (x + step - 1) // step * step
+
+
+@dataclass(frozen=True)
+class IndexMap:
+    """Element offset of a flattened label group inside one tensor: `flat * stride`, or a table lookup."""
+
+    stride: int | None
+    table: ir.GlobalVariable | None
+
+    def offset(self, b: ir.IRBuilder, flat: ir.Value) -> ir.Value:
+        if self.table is None:
+            return b.mul(flat, const(self.stride)) if self.stride != 1 else flat
+        address = b.gep(self.table, [const(0), flat], inbounds=True, source_etype=self.table.value_type)
+        return b.load(address, typ=I64)
+
+
+def index_map(module: ir.Module, name: str, group: str, strides: dict[str, int], sizes: dict[str, int]) -> IndexMap:
+    labels = [label for label in group if sizes[label] != 1]
+    if not labels:
+        return IndexMap(0, None)
+    if all(strides[a] == strides[c] * sizes[c] for a, c in zip(labels, labels[1:])):
+        return IndexMap(strides[labels[-1]], None)
+    offsets = [0]
+    for label in group:
+        offsets = [o * 1 + i * strides[label] for o in offsets for i in range(sizes[label])]
+    array_type = ir.ArrayType(I64, len(offsets))
+    table = ir.GlobalVariable(module, array_type, name)
+    table.global_constant = True
+    table.linkage = "internal"
+    table.initializer = ir.Constant(array_type, offsets)
+    return IndexMap(None, table)
+
+
+def oriented(spec: EinsumSpec, shapes: list[tuple[int, ...]]) -> tuple[bool, GemmView]:
+    """Whether to swap the operands (C^T = B^T A^T) so that the output's innermost label is an `n` label."""
+    view = GemmView.of(spec, shapes)
+    last = spec.output[-1] if spec.output else ""
+    if last in view.m:
+        swapped = EinsumSpec((spec.inputs[1], spec.inputs[0]), spec.output)
+        return True, GemmView.of(swapped, [shapes[1], shapes[0]])
+    return False, view
+
+
+def emit_gemm(mb: ModuleBuilder, op: Op, spec: EinsumSpec, shapes: list[tuple[int, ...]], plan: GemmPlan) -> None:
+    swap, view = oriented(spec, shapes)
+    a_name, b_name = op.operands[::-1] if swap else op.operands
+    a_term, b_term = spec.inputs[::-1] if swap else spec.inputs
+    a_shape, b_shape = (shapes[1], shapes[0]) if swap else (shapes[0], shapes[1])
+    sizes = view.sizes
+    out_order = spec.output
+    in_output = lambda group: "".join(label for label in out_order if label in group)  # noqa: E731
+    batch, m_group, n_group = in_output(view.batch), in_output(view.m), in_output(view.n)
+    k_group = "".join(label for label in a_term if label in view.k)
+    k_group = "".join(dict.fromkeys(k_group))
+    a_strides = label_strides(a_term, a_shape)
+    b_strides = label_strides(b_term, b_shape)
+    c_strides = label_strides(out_order, op.type.shape)
+    module = mb.module
+    prefix = f"gemm.{len(mb.steps)}"
+    maps = {
+        (tensor, role): index_map(module, f"{prefix}.{tensor}{role}", group, strides, sizes)
+        for tensor, strides in (("a", a_strides), ("b", b_strides), ("c", c_strides))
+        for role, group in (("batch", batch), ("m", m_group), ("n", n_group), ("k", k_group))
+        if not (tensor == "a" and role == "n") and not (tensor == "b" and role == "m")
+        and not (tensor == "c" and role == "k")
+    }
+    sc = mb.scalar_of(op.result)
+    gemm = _Gemm(mb, sc, plan, maps, view.extent(batch), view.extent(m_group), view.extent(n_group),
+                 view.extent(k_group))
+    gemm.emit([mb.plan.value_slot[a_name], mb.plan.value_slot[b_name], mb.plan.value_slot[op.result]])
+
+
+class _Gemm:
+    def __init__(self, mb: ModuleBuilder, sc: Scalar, plan: GemmPlan, maps: dict[tuple[str, str], IndexMap],
+                 batch: int, m: int, n: int, k: int):
+        self.mb, self.sc, self.plan, self.maps = mb, sc, plan, maps
+        self.batch, self.m, self.n, self.k = batch, m, n, k
+        self.element = sc.compute
+        self.vector = ir.VectorType(self.element, plan.lanes)
+        self.is_float = sc.kind == "float"
+        size = 4 if str(self.element) in ("float", "i32") else 8
+        self.a_bytes = _round_up(plan.mc * plan.kc * size, 64)
+        self.b_bytes = _round_up(plan.kc * plan.nc * size, 64)
+        self.workspace_bytes = self.a_bytes + self.b_bytes + _round_up(plan.mr * plan.nr * size, 64)
+
+    # ----- helpers ------------------------------------------------------------------------------------------
+    def element_at(self, b: ir.IRBuilder, base: ir.Value, index: ir.Value) -> ir.Value:
+        return b.gep(base, [index], inbounds=True, source_etype=self.element)
+
+    def madd(self, b: ir.IRBuilder, x: ir.Value, y: ir.Value, acc: ir.Value) -> ir.Value:
+        if self.is_float:
+            return b.call(intrinsic(self.mb.module, "llvm.fma", x.type, 3), [x, y, acc])
+        return b.add(acc, b.mul(x, y))
+
+    def zero(self, typ: ir.Type) -> ir.Constant:
+        return ir.Constant(typ, None)
+
+    def add(self, b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+        return b.fadd(x, y) if self.is_float else b.add(x, y)
+
+    # ----- the kernel ---------------------------------------------------------------------------------------
+    def emit(self, slots: list[int]) -> None:
+        mb, plan = self.mb, self.plan
+        workspace_slot = mb.workspace(self.workspace_bytes)
+        kernel = mb.kernel("gemm")
+        b = kernel.b
+        a, bm, c = (kernel.pointer(slot) for slot in slots)
+        workspace = b.gep(kernel.pointer(workspace_slot), [b.mul(kernel.thread, const(self.workspace_bytes))],
+                          inbounds=True, source_etype=ir.IntType(8))
+        packed_a = workspace
+        packed_b = b.gep(workspace, [const(self.a_bytes)], inbounds=True, source_etype=ir.IntType(8))
+        tile = b.gep(workspace, [const(self.a_bytes + self.b_bytes)], inbounds=True, source_etype=ir.IntType(8))
+        pack_a, pack_b, micro, store_edge = self.pack_a_function(), self.pack_b_function(), self.micro_function(), \
+            self.edge_function()
+        threads = mb.options["threads"]
+        if self.batch >= threads or self.m <= plan.mr:
+            batch_lo, batch_hi = thread_range(b, self.batch, kernel.thread, kernel.threads)
+            m_lo, m_hi = const(0), const(self.m)
+        else:
+            batch_lo, batch_hi = const(0), const(self.batch)
+            m_lo, m_hi = thread_range(b, self.m, kernel.thread, kernel.threads, grain=plan.mr)
+        c_row_stride = self.maps["c", "m"].stride
+        fast_store = self.maps["c", "n"].stride == 1 and c_row_stride is not None
+        with for_range(b, batch_lo, batch_hi, name="batch") as t:
+            a_base = self.element_at(b, a, self.maps["a", "batch"].offset(b, t))
+            b_base = self.element_at(b, bm, self.maps["b", "batch"].offset(b, t))
+            c_base = self.element_at(b, c, self.maps["c", "batch"].offset(b, t))
+            with for_range(b, 0, self.n, step=plan.nc, name="jc") as jc:
+                nc = _min(b, const(plan.nc), b.sub(const(self.n), jc))
+                with for_range(b, 0, self.k, step=plan.kc, name="pc") as pc:
+                    kc = _min(b, const(plan.kc), b.sub(const(self.k), pc))
+                    accumulate = b.icmp_signed(">", pc, const(0))
+                    b.call(pack_b, [packed_b, b_base, pc, kc, jc, nc])
+                    with for_range(b, m_lo, m_hi, step=plan.mc, name="ic") as ic:
+                        mc = _min(b, const(plan.mc), b.sub(m_hi, ic))
+                        b.call(pack_a, [packed_a, a_base, ic, mc, pc, kc])
+                        with for_range(b, 0, nc, step=plan.nr, name="jr") as jr:
+                            nr = _min(b, const(plan.nr), b.sub(nc, jr))
+                            panel_b = self.element_at(b, packed_b, b.mul(jr, kc))
+                            with for_range(b, 0, mc, step=plan.mr, name="ir") as ir_:
+                                mr = _min(b, const(plan.mr), b.sub(mc, ir_))
+                                panel_a = self.element_at(b, packed_a, b.mul(ir_, kc))
+                                row, col = b.add(ic, ir_), b.add(jc, jr)
+                                full = b.and_(b.icmp_signed("==", mr, const(plan.mr)),
+                                              b.icmp_signed("==", nr, const(plan.nr)))
+                                if fast_store:
+                                    with b.if_else(full) as (direct, edge):
+                                        with direct:
+                                            target = self.element_at(
+                                                b, c_base, b.add(b.mul(row, const(c_row_stride)), col))
+                                            b.call(micro, [panel_a, panel_b, kc, target, const(c_row_stride),
+                                                           accumulate])
+                                        with edge:
+                                            b.call(micro, [panel_a, panel_b, kc, tile, const(plan.nr),
+                                                           ir.Constant(ir.IntType(1), 0)])
+                                            b.call(store_edge, [tile, c_base, row, col, mr, nr, accumulate])
+                                else:
+                                    b.call(micro, [panel_a, panel_b, kc, tile, const(plan.nr),
+                                                   ir.Constant(ir.IntType(1), 0)])
+                                    b.call(store_edge, [tile, c_base, row, col, mr, nr, accumulate])
+        mb.steps.append(kernel.finish())
+
+    def _function(self, name: str, arg_types: list[ir.Type]) -> tuple[ir.Function, ir.IRBuilder]:
+        function = ir.Function(self.mb.module, ir.FunctionType(ir.VoidType(), arg_types),
+                               f"{self.mb.kernel_prefix()}.{name}")
+        function.linkage = "internal"
+        function.attributes.add("noinline")  # optimised once, not once per call site
+        return function, ir.IRBuilder(function.append_basic_block("entry"))
+
+    def pack_a_function(self) -> ir.Function:
+        """Ap[panel][p][i] = A[row = ic + panel*MR + i, pc + p], zero past the block's rows."""
+        plan = self.plan
+        function, b = self._function("pack_a", [PTR, PTR, I64, I64, I64, I64])
+        packed, base, ic, mc, pc, kc = function.args
+        m_map, k_map = self.maps["a", "m"], self.maps["a", "k"]
+        with for_range(b, 0, mc, step=plan.mr, name="panel") as panel:
+            rows = _min(b, const(plan.mr), b.sub(mc, panel))
+            panel_base = b.mul(panel, kc)
+            with for_range(b, 0, plan.mr, name="i") as i:
+                destination_row = b.add(panel_base, i)
+                with b.if_else(b.icmp_signed("<", i, rows)) as (valid, padding):
+                    with valid:
+                        row_offset = m_map.offset(b, b.add(ic, b.add(panel, i)))
+                        with for_range(b, 0, kc, name="p") as p:
+                            value = b.load(self.element_at(b, base, b.add(row_offset, k_map.offset(b, b.add(pc, p)))),
+                                           typ=self.element)
+                            b.store(value, self.element_at(b, packed, b.add(destination_row,
+                                                                            b.mul(p, const(plan.mr)))))
+                    with padding:
+                        with for_range(b, 0, kc, name="p") as p:
+                            b.store(self.zero(self.element), self.element_at(
+                                b, packed, b.add(destination_row, b.mul(p, const(plan.mr)))))
+        b.ret_void()
+        return function
+
+    def pack_b_function(self) -> ir.Function:
+        """Bp[panel][p][j] = B[pc + p, col = jc + panel*NR + j], zero past the block's columns."""
+        plan = self.plan
+        function, b = self._function("pack_b", [PTR, PTR, I64, I64, I64, I64])
+        packed, base, pc, kc, jc, nc = function.args
+        k_map, n_map = self.maps["b", "k"], self.maps["b", "n"]
+        columns_inner = n_map.stride == 1
+        with for_range(b, 0, nc, step=plan.nr, name="panel") as panel:
+            cols = _min(b, const(plan.nr), b.sub(nc, panel))
+            panel_base = b.mul(panel, kc)
+            first_col = b.add(jc, panel)
+
+            def copy(p: ir.Value, j: ir.Value, valid: ir.Value | None) -> None:
+                source = b.add(k_map.offset(b, b.add(pc, p)), n_map.offset(b, b.add(first_col, j)))
+                destination = self.element_at(b, packed, b.add(panel_base, b.add(b.mul(p, const(plan.nr)), j)))
+                if valid is None:
+                    b.store(b.load(self.element_at(b, base, source), typ=self.element), destination)
+                    return
+                with b.if_else(valid) as (inside, outside):
+                    with inside:
+                        b.store(b.load(self.element_at(b, base, source), typ=self.element), destination)
+                    with outside:
+                        b.store(self.zero(self.element), destination)
+
+            with b.if_else(b.icmp_signed("==", cols, const(plan.nr))) as (full, partial):
+                with full:
+                    if columns_inner:
+                        with for_range(b, 0, kc, name="p") as p:
+                            with for_range(b, 0, plan.nr, name="j") as j:
+                                copy(p, j, None)
+                    else:
+                        with for_range(b, 0, plan.nr, name="j") as j:
+                            with for_range(b, 0, kc, name="p") as p:
+                                copy(p, j, None)
+                with partial:
+                    with for_range(b, 0, kc, name="p") as p:
+                        with for_range(b, 0, plan.nr, name="j") as j:
+                            copy(p, j, b.icmp_signed("<", j, cols))
+        b.ret_void()
+        return function
+
+    def micro_function(self) -> ir.Function:
+        """C[i, j] (+)= sum_p Ap[p][i] * Bp[p][j] for an MR x NR tile held in MR * NR/lanes vector registers."""
+        plan = self.plan
+        function, b = self._function("micro", [PTR, PTR, I64, PTR, I64, ir.IntType(1)])
+        packed_a, packed_b, kc, target, row_stride, accumulate = function.args
+        for argument in (packed_a, packed_b, target):
+            argument.add_attribute("noalias")
+        vectors_per_row = plan.nr // plan.lanes
+        initial = [self.zero(self.vector) for _ in range(plan.mr * vectors_per_row)]
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), plan.lanes), None)
+        undefined = ir.Constant(self.vector, ir.Undefined)
+        element_bytes = self.element.width // 8 if isinstance(self.element, ir.IntType) else (
+            4 if str(self.element) == "float" else 8)
+        vector_align = plan.lanes * element_bytes
+
+        def step(p: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:
+            b_row = b.mul(p, const(plan.nr))
+            columns = [b.load(self.element_at(b, packed_b, b.add(b_row, const(v * plan.lanes))), typ=self.vector,
+                              align=vector_align) for v in range(vectors_per_row)]
+            a_row = b.mul(p, const(plan.mr))
+            result = []
+            for i in range(plan.mr):
+                a_value = b.load(self.element_at(b, packed_a, b.add(a_row, const(i))), typ=self.element)
+                splat = b.shuffle_vector(b.insert_element(undefined, a_value, ir.Constant(ir.IntType(32), 0)),
+                                         undefined, mask)
+                for v in range(vectors_per_row):
+                    result.append(self.madd(b, splat, columns[v], acc[i * vectors_per_row + v]))
+            return result
+
+        unroll = 4
+        main = b.mul(b.sdiv(kc, const(unroll)), const(unroll))
+        state = list(initial)
+        with loop_carry(b, 0, b.sdiv(kc, const(unroll)), state, name="p4") as (q, acc, following):
+            for u in range(unroll):
+                acc = step(b.add(b.mul(q, const(unroll)), const(u)), acc)
+            following += acc
+        with loop_carry(b, main, kc, state, name="p") as (p, acc, following):
+            following += step(p, acc)
+        with b.if_else(accumulate) as (add, overwrite):
+            for block, adding in ((add, True), (overwrite, False)):
+                with block:
+                    for i in range(plan.mr):
+                        row = b.mul(const(i), row_stride)
+                        for v in range(vectors_per_row):
+                            address = self.element_at(b, target, b.add(row, const(v * plan.lanes)))
+                            value = state[i * vectors_per_row + v]
+                            if adding:
+                                value = self.add(b, b.load(address, typ=self.vector, align=element_bytes), value)
+                            b.store(value, address, align=element_bytes)
+        b.ret_void()
+        return function
+
+    def edge_function(self) -> ir.Function:
+        """Write the valid mr x nr part of a tile buffer into C at (row, col) through C's index maps."""
+        plan = self.plan
+        function, b = self._function("store_edge", [PTR, PTR, I64, I64, I64, I64, ir.IntType(1)])
+        tile, c_base, row, col, mr, nr, accumulate = function.args
+        m_map, n_map = self.maps["c", "m"], self.maps["c", "n"]
+        with for_range(b, 0, mr, name="i") as i:
+            row_offset = m_map.offset(b, b.add(row, i))
+            with for_range(b, 0, nr, name="j") as j:
+                value = b.load(self.element_at(b, tile, b.add(b.mul(i, const(plan.nr)), j)), typ=self.element)
+                address = self.element_at(b, c_base, b.add(row_offset, n_map.offset(b, b.add(col, j))))
+                old = b.load(address, typ=self.element)
+                b.store(b.select(accumulate, self.add(b, old, value), value), address)
+        b.ret_void()
+        return function
+
+
+def _min(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    return b.select(b.icmp_signed("<", x, y), x, y)
+
