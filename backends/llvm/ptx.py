@@ -248,7 +248,7 @@ class PtxBuilder:
         for name in needs:
             text = text.replace(f'@"{name}"', f'@"{LIBDEVICE[name]}"')
         ptx = compile_ptx(text, self.arch, needs)
-        buffers = tuple(b for key, b in self.plan.buffers.items()) + tuple(self.extra_buffers)
+        buffers = tuple(self.plan.buffers.values()) + tuple(self.extra_buffers)
         return GpuProgram(name=self.program.name, source_kind="ptx", source=ptx, buffers=buffers,
                           launches=tuple(self.launches),
                           inputs=tuple(self.plan.buffers[op.result].name for op in self.program.inputs),
@@ -614,7 +614,7 @@ def emit_gemm(kernel: GpuKernel, cfg: GemmConfig, a_name: str, b_name: str, c_na
     from llvmlite import ir
 
     from .loops import loop_carry
-    from .scalars import F32, F64, I32, convert, intrinsic, scalar, store
+    from .scalars import F32, F64, convert, intrinsic, scalar, store
 
     b = kernel.b
     c64 = kernel.const
@@ -636,11 +636,6 @@ def emit_gemm(kernel: GpuKernel, cfg: GemmConfig, a_name: str, b_name: str, c_na
 
     pitch_a, pitch_b = cfg.bm + PAD, cfg.bn + PAD
     tile_a, tile_b = shared("a", cfg.bk, pitch_a), shared("b", cfg.bk, pitch_b)
-    zero32 = ir.Constant(I32, 0)
-
-    def shared_ptr(tile: ir.GlobalVariable, index: Any) -> Any:
-        return b.gep(tile, [zero32, b.trunc(index, I32)], inbounds=True)
-
     tid = kernel.special("tid.x")
     col_block = b.mul(kernel.special("ctaid.x"), c64(cfg.bn))
     row_block = b.mul(kernel.special("ctaid.y"), c64(cfg.bm))
