@@ -6,11 +6,20 @@ from einfold.errors import IRError
 from einfold.passmanager import Pass
 
 from .canonicalize import canonicalize
+from .ckks_packing import ckks_packing
 from .constant_fold import constant_fold
+from .contraction_plan import contraction_plan
 from .cse import cse
 from .dce import dce
+from .factorize import factorize
+from .fuse_epilogue import fuse_epilogue
+from .mat_fold import mat_fold
+from .ntt_three_step import ntt_three_step
 
-PASSES: dict[str, Pass] = {p.name: p for p in [canonicalize, constant_fold, cse, dce]}
+PASSES: dict[str, Pass] = {p.name: p for p in [canonicalize, constant_fold, cse, dce, contraction_plan, fuse_epilogue]}
+PASSES.update({p.name: p for p in [ntt_three_step, mat_fold]})
+PASSES[factorize.name] = factorize
+PASSES[ckks_packing.name] = ckks_packing
 
 # Run on every program before the target's own passes.
 DEFAULT_PIPELINE = ["canonicalize", "constant-fold", "cse", "dce"]
