@@ -19,28 +19,13 @@ def const(value: int) -> ir.Constant:
 def for_range(b: ir.IRBuilder, start: ir.Value | int, stop: ir.Value | int, step: int = 1,
               name: str = "i") -> Iterator[ir.Value]:
     """`for (i = start; i < stop; i += step)`; the body is emitted inside the `with` block."""
-    start = const(start) if isinstance(start, int) else start
-    stop = const(stop) if isinstance(stop, int) else stop
-    pre = b.block
-    header = b.append_basic_block(f"{name}.head")
-    body = b.append_basic_block(f"{name}.body")
-    done = b.append_basic_block(f"{name}.end")
-    b.branch(header)
-    b.position_at_end(header)
-    index = b.phi(I64, name=name)
-    index.add_incoming(start, pre)
-    b.cbranch(b.icmp_signed("<", index, stop), body, done)
-    b.position_at_end(body)
-    yield index
-    following = b.add(index, const(step), name=f"{name}.next", flags=("nsw",))
-    index.add_incoming(following, b.block)
-    b.branch(header)
-    b.position_at_end(done)
+    with loop_carry(b, start, stop, [], name, step) as (index, _, _):
+        yield index
 
 
 @contextmanager
 def loop_carry(b: ir.IRBuilder, start: ir.Value | int, stop: ir.Value | int, initial: list[ir.Value],
-               name: str = "r") -> Iterator[tuple[ir.Value, list[ir.Value], list[ir.Value]]]:
+               name: str = "r", step: int = 1) -> Iterator[tuple[ir.Value, list[ir.Value], list[ir.Value]]]:
     """A counted loop carrying values (accumulators): yields (index, current values, list to fill with the
     next values). After the block, `initial` is replaced in place by the values at loop exit."""
     start = const(start) if isinstance(start, int) else start
@@ -65,7 +50,7 @@ def loop_carry(b: ir.IRBuilder, start: ir.Value | int, stop: ir.Value | int, ini
     if len(following) != len(carried):
         raise AssertionError("loop_carry: the body must give one next value per carried value")
     latch = b.block
-    index.add_incoming(b.add(index, const(1), flags=("nsw",)), latch)
+    index.add_incoming(b.add(index, const(step), name=f"{name}.next", flags=("nsw",)), latch)
     for phi, value in zip(carried, following):
         phi.add_incoming(value, latch)
     b.branch(header)
