@@ -44,13 +44,8 @@ class EncryptedTensor:
         return f"<EncryptedTensor {self.name}{list(self.shape)}: {len(self.ciphertexts)} ciphertext(s)>"
 
     def save(self, folder: str | Path) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        for value, ct in self.ciphertexts.items():
-            self.engine.write_ciphertext(ct, str(folder / f"{value}.ct"))
-        (folder / "tensor.txt").write_text(f"{self.name}\n{','.join(map(str, self.shape))}\n"
-                                           + "\n".join(self.ciphertexts))
-        return folder
+        header = f"{self.name}\n{','.join(map(str, self.shape))}\n"
+        return write_ciphertexts(self.engine, folder, self.ciphertexts, "tensor.txt", header)
 
     @staticmethod
     def load(folder: str | Path, keys: EvaluationKeys, engine: Any) -> EncryptedTensor:
@@ -75,12 +70,7 @@ class EncryptedResult:
         return f"<EncryptedResult: {len(self.ciphertexts)} ciphertext(s)>"
 
     def save(self, folder: str | Path) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        for value, ct in self.ciphertexts.items():
-            self.engine.write_ciphertext(ct, str(folder / f"{value}.ct"))
-        (folder / "result.txt").write_text("\n".join(self.ciphertexts))
-        return folder
+        return write_ciphertexts(self.engine, folder, self.ciphertexts, "result.txt")
 
     @staticmethod
     def load(folder: str | Path, engine: Any) -> EncryptedResult:
@@ -89,6 +79,17 @@ class EncryptedResult:
         except OSError as error:
             raise RuntimeFailure(f"no encrypted result in {folder}: {error}") from None
         return EncryptedResult({v: engine.read_ciphertext(str(Path(folder) / f"{v}.ct")) for v in values}, engine)
+
+
+def write_ciphertexts(engine: Any, folder: str | Path, ciphertexts: dict[str, Any], index: str,
+                      header: str = "") -> Path:
+    """Each ciphertext as `<value>.ct` in `folder`, and an index file listing them after `header`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for value, ct in ciphertexts.items():
+        engine.write_ciphertext(ct, str(folder / f"{value}.ct"))
+    (folder / index).write_text(header + "\n".join(ciphertexts))
+    return folder
 
 
 def pack_tensor(fhe: FheProgram, name: str, array: np.ndarray) -> dict[str, tuple[np.ndarray, int]]:
