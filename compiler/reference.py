@@ -174,6 +174,8 @@ def _cast(x: np.ndarray, target: dt.DType) -> np.ndarray:
         if x.dtype.kind == "f" or x.dtype.kind == "c":
             raise RuntimeFailure(f"cannot cast floating values to {target}")
         return (x.astype(object) % target.modulus).astype(np.uint64)
+    if x.dtype.kind == "c" and (target.is_float or target.is_int):
+        x = x.real  # numpy's astype keeps the real part too, but warns (ComplexWarning); bool looks at both parts
     return x.astype(target.numpy)
 
 

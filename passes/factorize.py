@@ -202,7 +202,14 @@ class CostModel:
         activation = a if any(self.leaves[i].network is None for i in left) else b
         contracted = math.prod(sizes[c] for c in summed)
         produced = math.prod(sizes[c] for c in set(result) - set(activation))
-        return self.costs.kernel(flops, moved, contracted, produced)
+        cost = self.costs.kernel(flops, moved, contracted, produced)
+        if factorization.real_part:  # a cast kernel to complex before x's first contraction, one back after the last
+            batch, real_and_complex = self.leaves[has_x[0]].batch, itemsize * 3 // 2
+            if len(x_side) == 1:
+                cost += self.costs.kernel(0, batch * factorization.n_in * real_and_complex, 1, 1)
+            if len(both) == len(factorization.terms):
+                cost += self.costs.kernel(0, batch * factorization.n_out * real_and_complex, 1, 1)
+        return cost
 
 
 # ----- the pass --------------------------------------------------------------------------------------------
@@ -289,7 +296,8 @@ def plan(program: Program, uses: list[WeightUse], networks_by_use: list[list[Fac
         for network in options:
             key = (*use.view, network.structure)
             networks[key] = network
-            itemsize[key] = (use.op.type.dtype.itemsize, use.op.type.dtype.is_complex)
+            complex_chain = use.op.type.dtype.is_complex or network.real_part
+            itemsize[key] = (use.op.type.dtype.itemsize * (2 if network.real_part else 1), complex_chain)
             factor_leaves = [leaf((*key, k), Leaf(key, k)) for k in range(1, len(network.terms))]
             term = x_leaf
             for factor in factor_leaves:

@@ -2,7 +2,8 @@
 of W as a small tensor network (`'bi,oi->bo'` becomes e.g. `'Zi,ri,or->Zo'`), and the rewrite inserting its chain.
 
 Label `Z` always stands for the batch (all of x's indices that W does not touch, flattened); x is viewed as
-`(batch, *in_dims)`, the result as `(batch, *out_dims)`, both row-major.
+`(batch, *in_dims)`, the result as `(batch, *out_dims)`, both row-major. A real W may also be the real part of a
+complex network (`real_part`, e.g. the DCT through the DFT): the chain casts x to complex and keeps the real part.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from einfold import dtypes
 from einfold.errors import IRError
 from einfold.ir import Op, Program, weight_hash
 from einfold.ops import TensorType
@@ -26,7 +28,9 @@ STRUCTURES = ("dense", "low_rank", "kronecker", "block_diag", "monarch", "butter
 @dataclass(frozen=True)
 class Factorization:
     """W (n_out x n_in) as the contraction of x's view `Z+x_labels` with `factors` (labelled `factor_labels`)
-    into `Z+out_labels`. `order` is the order in which the chain applies the factors to x."""
+    into `Z+out_labels`. `order` is the order in which the chain applies the factors to x. With `real_part`, W is
+    the real part of the (complex) network: the chain casts a real x to complex first and keeps the real part of
+    its result, i.e. W x = Re(N x) for real x."""
 
     structure: str
     in_dims: tuple[int, ...]
@@ -38,6 +42,7 @@ class Factorization:
     rel_error: float = 0.0
     params_info: dict[str, Any] = field(default_factory=dict, compare=False)
     commuting: bool = False  # every order of applying the factors is cheap to consider (few factors)
+    real_part: bool = False
 
     def __post_init__(self) -> None:
         if self.structure not in STRUCTURES:
@@ -104,9 +109,11 @@ class Factorization:
     def apply(self, x: np.ndarray) -> np.ndarray:
         """The chain on a (batch, n_in) array in numpy, giving (batch, n_out)."""
         value = x.reshape(x.shape[0], *self.in_dims)
+        if self.real_part:
+            value = value.astype(np.result_type(value, *self.factors))
         for spec, factor in zip(self.chain(), self.factors):
             value = np.einsum(spec, value, factor)
-        return value.reshape(x.shape[0], self.n_out)
+        return (value.real if self.real_part else value).reshape(x.shape[0], self.n_out)
 
     def dense(self) -> np.ndarray:
         """The (n_out, n_in) matrix the network represents (the chain applied to the identity)."""
@@ -231,14 +238,23 @@ def reshape(program: Program, value: str, shape: tuple[int, ...], name: str) -> 
     return program.append("reshape", (value,), type=TensorType(shape, program.type_of(value).dtype), name=name)
 
 
+def chain_dtype(use: WeightUse, factorization: Factorization) -> dtypes.DType:
+    """The dtype the chain computes in: W's, or its complex counterpart when W is a network's real part."""
+    weight = use.weight_op.type.dtype
+    return dtypes.result_type(weight, dtypes.complex64) if factorization.real_part else weight
+
+
 def leaf_value(program: Program, use: WeightUse, factorization: Factorization, fresh: Namer) -> str:
-    """x viewed as `(batch, *in_dims)`: a reshape, after a transpose when x is not laid out batch-first."""
+    """x viewed as `(batch, *in_dims)`: a reshape, after a transpose when x is not laid out batch-first, and
+    a cast to complex when the chain takes a real part at its end."""
     x_term = EinsumSpec.parse(use.op.attrs["spec"]).inputs[use.op.operands.index(use.x)]
     x = use.x
     if x_term != use.batch_labels + use.contracted:
         x = program.einsum(f"{x_term}->{use.batch_labels + use.contracted}", x, name=fresh())
     shape = (use.batch, *factorization.in_dims)
-    return x if program.type_of(x).shape == shape else reshape(program, x, shape, fresh())
+    x = x if program.type_of(x).shape == shape else reshape(program, x, shape, fresh())
+    return program.append("cast", (x,), type=TensorType(shape, chain_dtype(use, factorization)),
+                          name=fresh()) if factorization.real_part else x
 
 
 def contract_constants(factorization: Factorization, positions: set[int], dtype: np.dtype) -> np.ndarray:
@@ -260,9 +276,11 @@ def insert_chain(program: Program, use: WeightUse, factorization: Factorization,
                  attrs: dict[str, Any], reserved: set[str]) -> str:
     """Append to `program` the ops computing `use` through `factorization` contracted in the order `tree`
     (a binary tree over network positions, 0 = x); constant subtrees are merged at compile time. The last op
-    takes `use.op`'s result name and gets `attrs`; new values avoid the names in `reserved`. Returns that name."""
+    takes `use.op`'s result name and gets `attrs`; new values avoid the names in `reserved`. Returns that name.
+    A `real_part` chain ends with a cast of its complex result to W's dtype (numpy's astype: the real part)."""
     fresh = Namer(program, use.op.result, reserved)
-    dtype = use.weight_op.type.dtype.numpy
+    factor_type = chain_dtype(use, factorization)
+    dtype = factor_type.numpy
     weight = use.weight_name
     consts: dict[frozenset[int], str] = {}
 
@@ -281,13 +299,14 @@ def insert_chain(program: Program, use: WeightUse, factorization: Factorization,
                 name, n = f"{base}.{n}", n + 1
             program.weights[name] = array
             consts[key] = program.append("const", attrs={"name": name, "sha": weight_hash(array)},
-                                         type=TensorType(array.shape, use.weight_op.type.dtype), name=fresh())
+                                         type=TensorType(array.shape, factor_type), name=fresh())
         return consts[key]
 
     out_term = EinsumSpec.parse(use.op.attrs["spec"]).output
     grouped = use.batch_labels + use.free
     shape = tuple(use.sizes[c] for c in grouped)
-    chain_is_last = out_term == grouped and shape == (use.batch, *factorization.out_dims)
+    is_grouped = out_term == grouped and shape == (use.batch, *factorization.out_dims)
+    chain_is_last = is_grouped and not factorization.real_part
     everything = set(range(len(factorization.terms)))
 
     def emit(node: Tree) -> tuple[str, str]:
@@ -311,6 +330,11 @@ def insert_chain(program: Program, use: WeightUse, factorization: Factorization,
     value, _ = emit(tree)
     if chain_is_last:
         return value
+    if factorization.real_part:
+        real = TensorType(program.type_of(value).shape, use.op.type.dtype)
+        if is_grouped:
+            return program.append("cast", (value,), {"factorization": attrs}, real, name=use.op.result)
+        value = program.append("cast", (value,), type=real, name=fresh())
     if out_term == grouped:
         return program.append("reshape", (value,), {"factorization": attrs}, TensorType(shape, use.op.type.dtype),
                               name=use.op.result)
