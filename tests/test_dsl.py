@@ -64,8 +64,17 @@ def expected_bilinear(w: dict, x1: np.ndarray, x2: np.ndarray) -> list[np.ndarra
     return [np.tanh(bilinear + w["bias"])]
 
 
+def expected_ckks_mlp(w: dict, x: np.ndarray) -> list[np.ndarray]:
+    return [np.square(x @ w["w1"] + w["b1"]) @ w["w2"]]
+
+
+def expected_ckks_attention(w: dict, q: np.ndarray, k: np.ndarray) -> list[np.ndarray]:
+    return [np.einsum("bthd,bshd->bhts", q, k)]
+
+
 EXPECTED = {"mlp": expected_mlp, "attention": expected_attention, "tucker": expected_tucker,
-            "dft": expected_dft, "bilinear": expected_bilinear}
+            "dft": expected_dft, "bilinear": expected_bilinear,
+            "ckks_mlp": expected_ckks_mlp, "ckks_attention": expected_ckks_attention}
 
 
 def test_every_example_has_an_oracle():
