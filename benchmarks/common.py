@@ -45,10 +45,12 @@ def _calls_per_sample(fn: Callable[[], object], min_sample_seconds: float) -> in
 
 
 def measure_interleaved(fns: dict[str, Callable[[], object]], repeat: int = 7, warmup: int = 2,
-                        min_sample_seconds: float = 0.005) -> dict[str, Timing]:
+                        min_sample_seconds: float = 0.005, settle_seconds: float = 0.1) -> dict[str, Timing]:
     """Time each function after `warmup` calls: `repeat` (>= 5) samples each, taken round-robin (one sample of
     every function per round) so that a change in background load hits all alike. A sample lasts at least
-    `min_sample_seconds` (fast calls are looped) so that the clock's resolution does not matter."""
+    `min_sample_seconds` (fast calls are looped) so that the clock's resolution does not matter. Before each
+    sample the machine settles for `settle_seconds` and the function runs once untimed: the worker threads of the
+    library timed just before (OpenBLAS spins for about 0.1 s after a call) must not steal this one's cores."""
     if repeat < MIN_REPEAT:
         raise ValueError(f"repeat must be at least {MIN_REPEAT} for a meaningful median, got {repeat}")
     calls = {}
@@ -59,6 +61,8 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], repeat: int = 7, w
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
+            time.sleep(settle_seconds)
+            fn()
             samples[name].append(_timed(fn, calls[name]) / calls[name])
     return {name: Timing(statistics.median(s), tuple(s), calls[name]) for name, s in samples.items()}
 
