@@ -202,6 +202,8 @@ class GpuRunner:
         cupy = self._cupy
         program = self.program
         arrays = dict(self._arrays)
+        if len(inputs) != len(program.inputs):
+            raise ValueError(f"{program.name}: expected {len(program.inputs)} input(s), got {len(inputs)}")
         for name, value in zip(program.inputs, inputs):
             buffer = program.buffer(name)
             if tuple(value.shape) != buffer.shape or str(value.dtype) != buffer.dtype:

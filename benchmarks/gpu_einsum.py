@@ -29,8 +29,10 @@ Shapes = tuple[tuple[int, ...], ...]
 
 @dataclass(frozen=True)
 class Case:
-    """One benchmark einsum at GPU size (and a small size for --quick). `dense_of` names the dense case this
-    factorized one replaces (reported as a structured speedup, left out of the suite's geometric mean)."""
+    """One benchmark einsum at GPU size (and a small size for --quick). With `weight` set, the second operand is a
+    weight of that structure (`make_weight`, made again from its seed where it runs); with `factorize` other than
+    "none" it is compiled into the program as a constant for the factorize pass to find. `dense_of` names the dense
+    case a factorized one replaces (reported as a structured speedup, left out of the suite's geometric mean)."""
 
     name: str
     spec: str
@@ -38,6 +40,8 @@ class Case:
     quick_shapes: Shapes
     dtype: str = "f32"
     dense_of: str | None = None
+    weight: str | None = None
+    factorize: str = "none"
 
 
 SUITE = [
@@ -52,14 +56,15 @@ SUITE = [
          ((40, 64), (64, 48), (48, 32), (32, 24))),
     Case("Tucker", "abc,ia,jb,kc->ijk", ((128, 128, 128), (512, 128), (512, 128), (512, 128)),
          ((8, 10, 12), (20, 8), (22, 10), (24, 12))),
-    # Structured weights, written out by hand as the structured passes factor them: y = x W^T with W = A (x) B
-    # (Kronecker) and W = U V^T (low rank), against the same product with W dense.
-    Case("Kronecker W, dense", "nj,ij->ni", ((4096, 4096), (4096, 4096)), ((64, 64), (64, 64))),
-    Case("Kronecker W, factorized", "ncd,ac,bd->nab", ((4096, 64, 64), (64, 64), (64, 64)),
-         ((64, 8, 8), (8, 8), (8, 8)), dense_of="Kronecker W, dense"),
-    Case("low-rank W, dense", "nj,ij->ni", ((8192, 4096), (4096, 4096)), ((64, 96), (80, 96))),
-    Case("low-rank W, factorized", "nj,rj,ir->ni", ((8192, 4096), (64, 4096), (4096, 64)),
-         ((64, 96), (8, 96), (80, 8)), dense_of="low-rank W, dense"),
+    # Structured weights y = x W^T with W = A (x) B (Kronecker) and W = U V^T (low rank): the same program compiled
+    # dense and with factorize="auto", which must find the structure itself.
+    Case("Kronecker W, dense", "nj,ij->ni", ((4096, 4096), (4096, 4096)), ((64, 64), (64, 64)),
+         weight="kronecker"),
+    Case("Kronecker W, factorized", "nj,ij->ni", ((4096, 4096), (4096, 4096)), ((64, 64), (64, 64)),
+         dense_of="Kronecker W, dense", weight="kronecker", factorize="auto"),
+    Case("low-rank W, dense", "nj,ij->ni", ((8192, 4096), (4096, 4096)), ((64, 96), (80, 96)), weight="low_rank"),
+    Case("low-rank W, factorized", "nj,ij->ni", ((8192, 4096), (4096, 4096)), ((64, 96), (80, 96)),
+         dense_of="low-rank W, dense", weight="low_rank", factorize="auto"),
 ]
 STRUCTURED_DENSE = {case.dense_of for case in SUITE if case.dense_of}
 FLOAT_TOLERANCE = {"f32": 1e-4, "bf16": 1.6e-2, "f16": 4e-3, "f64": 1e-11}
@@ -76,6 +81,17 @@ def make_inputs(shapes: Shapes, dtype: str, seed: int = 0) -> list[np.ndarray]:
     if dtype == "bf16":
         return [bf16_bits(a) for a in arrays]
     return [a.astype({"f32": np.float32, "f16": np.float16, "f64": np.float64}[dtype]) for a in arrays]
+
+
+def make_weight(kind: str, shape: tuple[int, int], seed: int = 3) -> np.ndarray:
+    """A structured f32 weight: `kronecker` A (x) B with square factors, `low_rank` U V^T of rank min(shape) / 64."""
+    rng = np.random.default_rng(seed)
+    rows, cols = shape
+    if kind == "kronecker":
+        a, b = math.isqrt(rows), math.isqrt(cols)
+        return np.kron(rng.uniform(-1, 1, (a, b)), rng.uniform(-1, 1, (rows // a, cols // b))).astype(np.float32)
+    rank = max(1, min(shape) // 64)
+    return (rng.uniform(-1, 1, (rows, rank)) @ rng.uniform(-1, 1, (rank, cols)) / rank).astype(np.float32)
 
 
 def bf16_bits(array: np.ndarray) -> np.ndarray:
@@ -169,18 +185,27 @@ def build_bundle(folder: Path, quick: bool, targets: list[str]) -> int:
         shapes = case.quick_shapes if quick else case.shapes
         entry = {"name": case.name, "spec": case.spec, "shapes": [list(s) for s in shapes], "dtype": case.dtype,
                  "dense_of": case.dense_of, "programs": {}}
+        source: Any = case.spec
+        if case.weight:
+            entry["weight"], entry["weight_compiled"] = case.weight, case.factorize != "none"
+        if case.weight and case.factorize != "none":
+            source = einfold.Program(slug(case.name))
+            source.set_outputs(source.einsum(case.spec, source.input("x", shapes[0], case.dtype),
+                                             source.const("W", make_weight(case.weight, shapes[1]))))
         for target in targets:
             start = time.perf_counter()
             try:
-                exe = einfold.compile(case.spec, shapes=shapes, dtype=case.dtype, target=target)
+                exe = einfold.compile(source, shapes=None if isinstance(source, einfold.Program) else shapes,
+                                      dtype=case.dtype, target=target, factorize=case.factorize)
             except einfold.errors.Error as error:
                 manifest["skipped"].append(f"{case.name} / {target}: {error}".splitlines()[0])
                 continue
             program = exe.gpu_program()
             program = _renamed(program, f"{slug(case.name)}.{target}")
             program.save(folder)
+            chosen = {w: c["chosen"] for w, c in exe.stats().get("factorization", {}).items()}
             entry["programs"][target] = {"file": f"{program.name}.json", "flops": exe.stats()["flops"],
-                                         "compile_seconds": time.perf_counter() - start}
+                                         "compile_seconds": time.perf_counter() - start, "chosen": chosen}
             print(f"compiled {case.name} for {target} in {time.perf_counter() - start:.1f} s", flush=True)
         manifest["cases"].append(entry)
     for name, program, inputs in check_programs():
@@ -266,6 +291,17 @@ def compare(got: np.ndarray, expected: np.ndarray, dtype: str) -> str | None:
     return f"max abs error {float(np.max(np.abs(a - b))):.3e} (largest |value| {largest:.3e})"
 
 
+def case_inputs(entry: dict) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every operand of a suite case's einsum (for numpy and the peers), and those einfold's program takes: a
+    structured weight is made again from its seed and, when compiled into the program, is not an input."""
+    shapes = tuple(tuple(s) for s in entry["shapes"])
+    if "weight" not in entry:
+        inputs = make_inputs(shapes, entry["dtype"])
+        return inputs, inputs
+    inputs = make_inputs(shapes[:1], entry["dtype"]) + [make_weight(entry["weight"], shapes[1])]
+    return inputs, inputs[:1] if entry["weight_compiled"] else inputs
+
+
 def run_checks(folder: Path, manifest: dict, runtime: Any) -> list[str]:
     failures, rows = [], []
     for entry in manifest["checks"]:
@@ -297,9 +333,8 @@ def run_bundle(folder: Path, repeat: int, peers: list[str]) -> int:
     rows, ratios, structured, times = [], [], [], {}
     for entry in manifest["cases"]:
         dtype, spec = entry["dtype"], entry["spec"]
-        shapes = [tuple(s) for s in entry["shapes"]]
-        inputs = make_inputs(tuple(shapes), dtype)
-        device = [cupy.asarray(x) for x in inputs]
+        inputs, ours = case_inputs(entry)
+        device = [cupy.asarray(x) for x in ours]
         flops = next(iter(entry["programs"].values()), {}).get("flops", 0)
         cells = {}
         for target in targets:
@@ -319,6 +354,7 @@ def run_bundle(folder: Path, repeat: int, peers: list[str]) -> int:
                 continue
             cells[target] = gpu_time(lambda r=runner, d=device: r.run_device(d), repeat, cupy.cuda.Event,
                                      cupy.cuda.get_elapsed_time)
+        device = [cupy.asarray(x) for x in inputs]  # the peers take every operand
         peer_calls = {}
         if torch is not None:
             tensors = [torch.as_tensor(x.view(np.int16), device="cuda").view(torch.bfloat16) if dtype == "bf16"
@@ -345,7 +381,8 @@ def run_bundle(folder: Path, repeat: int, peers: list[str]) -> int:
             ratios.append(ratio)
         if entry["dense_of"] and best and isinstance(times.get(entry["dense_of"], {}).get(targets[0]), float):
             dense_best = min(v for k, v in times[entry["dense_of"]].items() if k in targets and isinstance(v, float))
-            structured.append((entry["name"], dense_best / best))
+            chosen = {t: info.get("chosen") for t, info in entry["programs"].items()}
+            structured.append((entry["name"], dense_best / best, chosen))
         rate = f"{flops / best / 1e12:.1f}" if best and flops else "-"
         rows.append([entry["name"], dtype, *(_cell(cells.get(c)) for c in [*targets, *peers]), rate,
                      f"{ratio:.2f}x" if ratio else "-"])
@@ -355,8 +392,9 @@ def run_bundle(folder: Path, repeat: int, peers: list[str]) -> int:
     if ratios:
         print(f"\ngeometric mean of (best peer time / best einfold time) over the suite: "
               f"{math.exp(sum(math.log(r) for r in ratios) / len(ratios)):.2f}x")
-    for name, speedup in structured:
-        print(f"structured: {name} is {speedup:.1f}x faster than its dense form (einfold, same target)")
+    for name, speedup, chosen in structured:
+        print(f"structured: {name} is {speedup:.1f}x faster than its dense form (einfold, best target; "
+              f"factorize chose {chosen})")
     for failure in failures:
         print(f"FAILED: {failure}")
     return 1 if failures else 0

@@ -62,10 +62,9 @@ def test_check_program_matches_numpy(entry: dict | None, target: str | None) -> 
 def test_suite_case_matches_numpy(entry: dict | None, target: str | None) -> None:
     _require_bundle(entry)
     import cupy
-    shapes = tuple(tuple(s) for s in entry["shapes"])
-    inputs = bench.make_inputs(shapes, entry["dtype"])
+    inputs, ours = bench.case_inputs(entry)
     runner = runtime.GpuRunner(runtime.GpuProgram.load(BUNDLE / entry["programs"][target]["file"]))
-    got = cupy.asnumpy(runner.run_device([cupy.asarray(x) for x in inputs])[0])
+    got = cupy.asnumpy(runner.run_device([cupy.asarray(x) for x in ours])[0])
     problem = bench.einsum_error(got, entry["spec"], inputs, entry["dtype"])
     assert problem is None, f"{entry['name']} ({target}): {problem}"
 
