@@ -34,6 +34,13 @@ Index = Sequence[tirx.Expr]
 # Below this many multiply-adds a contraction is one plain loop nest: packing and tiling would not pay off.
 GEMM_MIN_WORK = 1 << 14
 
+# Picks a GEMM stage's tiling from the machine, compute dtype, complexness and the group extents {b, m, n, k}.
+TilingRule = Callable[[Machine, str, bool, dict[str, int]], GemmTiling]
+
+
+def cpu_tiling(machine: Machine, compute: str, is_complex: bool, extent: dict[str, int]) -> GemmTiling:
+    return choose_tiling(machine, compute, is_complex, extent["k"], extent["n"])
+
 
 @dataclass
 class Value:
@@ -135,9 +142,10 @@ def _block_name(hint: str, used: set[str]) -> str:
 class Lowerer:
     """Builds the TE graph op by op, remembering which stage reads which, to decide inlining at the end."""
 
-    def __init__(self, program: Program, machine: Machine):
+    def __init__(self, program: Program, machine: Machine, tiling_rule: TilingRule = cpu_tiling):
         self.program = program
         self.machine = machine
+        self.tiling_rule = tiling_rule
         self.values: dict[str, Value] = {}
         self.stages: list[Stage] = []
         self.tensors: dict[str, te.Tensor] = {}
@@ -405,7 +413,7 @@ class Lowerer:
         store = sc.storage(element)
         groups = {"b": view.batch, "m": view.m, "n": view.n, "k": view.k}
         extent = {key: view.extent(labels) for key, labels in groups.items()}
-        tiling = choose_tiling(self.machine, store.compute, store.complex, extent["k"], extent["n"])
+        tiling = self.tiling_rule(self.machine, store.compute, store.complex, extent)
         mr, nr = tiling.mr, tiling.nr
         m_tiles, n_tiles = -(-extent["m"] // mr), -(-extent["n"] // nr)
         zero = tirx.const(0, store.compute)
@@ -501,6 +509,7 @@ class Lowerer:
         return inlined, fused
 
 
-def lower_program(program: Program, machine: Machine) -> TEGraph:
-    """The TE graph of a whole program (raises UnsupportedError for dtypes/ops the target cannot run)."""
-    return Lowerer(program, machine).lower()
+def lower_program(program: Program, machine: Machine, tiling_rule: TilingRule = cpu_tiling) -> TEGraph:
+    """The TE graph of a whole program (raises UnsupportedError for dtypes/ops the target cannot run); `tiling_rule`
+    sizes the GEMM tiles (the CPU register tiles by default; the `cuda` target passes its thread-block tiles)."""
+    return Lowerer(program, machine, tiling_rule).lower()
