@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         theirs = EINHOPS.get(name, (None, None))[0]
         latency = row.get("latency_s")
-        speedup = f"{theirs / latency:8.0f}x" if theirs and latency else f"{'-':>9}"
+        speedup = f"{theirs / latency:8.1f}x" if theirs and latency else f"{'-':>9}"
         print(f"{name:<20} {spec[:18]:<18} {latency if latency is not None else float('nan'):>10.4f} "
               f"{row.get('keygen_s', float('nan')):>9.2f} {row['rotations']:>4} {row['rotation_keys']:>4} "
               f"{row['ct_ct_mults']:>5} {row['ct_pt_mults']:>5} {row['depth']:>5} {row['ciphertexts']:>4} "

@@ -99,3 +99,15 @@ def test_real_bootstrap_refreshes_a_deep_program():
     exe = einfold.compile(p, target="ckks", params="n32768-boot")
     assert exe.stats()["bootstraps"] >= 1
     np.testing.assert_allclose(exe(x), einfold.compile(p, target="numpy")(x), atol=1e-3)
+
+
+def test_a_product_that_is_only_decrypted_skips_relinearisation():
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal((2, 16, 16))
+    exe = einfold.compile("ij,ij,ij->ij", shapes=[(16, 16)] * 3, dtype="f64", target="ckks",
+                          params="n8192-L7", plaintext_weights=False)
+    fhe = exe.source("fhe")
+    muls = [line for line in fhe.splitlines() if " = mul(" in line or " = mul " in line]
+    assert len(muls) == 2 and sum("relin=False" in line for line in muls) == 1, fhe  # only the last product
+    c = rng.standard_normal((16, 16))
+    np.testing.assert_allclose(exe(a, b, c), a * b * c, atol=1e-3)

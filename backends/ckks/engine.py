@@ -139,6 +139,8 @@ class EngineExecutor:
         return self.e.subtract(a, b)
 
     def mul(self, instr, a, b):
+        if instr.attrs.get("relin") is False:
+            return self.e.multiply(a, b)
         return self.e.multiply(a, b, self.keys.relinearization_key)
 
     def mul_plain(self, instr, a, p):

@@ -80,4 +80,12 @@ def assign_levels(fhe: FheProgram, params: ParamSet) -> LevelPlan:
         level[instr.result] = result_level
         out.append(replace(instr, args=tuple(args), level=result_level))
     outputs_fixed = [replace(p, tiles=tuple(refreshed.get(t, t) for t in p.tiles)) for p in fhe.outputs]
-    return LevelPlan(replace(fhe, instrs=out, outputs=outputs_fixed), depth, bootstraps)
+    return LevelPlan(replace(fhe, instrs=lazy_relinearization(out), outputs=outputs_fixed), depth, bootstraps)
+
+
+def lazy_relinearization(instrs: list[Instr]) -> list[Instr]:
+    """A ct x ct product that no instruction reads goes straight to the client, who decrypts the degree-2
+    ciphertext as it is: its relinearisation (a key switch, about 2/3 of the multiply) is skipped (`relin=False`)."""
+    read = {arg for instr in instrs for arg in instr.args}
+    return [replace(i, attrs={**i.attrs, "relin": False}) if i.opcode == "mul" and i.result not in read else i
+            for i in instrs]
