@@ -98,3 +98,14 @@ def test_syntax_error_in_ein_file_has_location(tmp_path):
     result = einfold("compile", str(bad))
     assert result.returncode == 2
     assert f"{bad}:2:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_factorize_and_tol_flags_reach_the_factorize_pass():
+    args = ("compile", str(ROOT / "examples" / "dft.ein"), "--dim", "n=1024", "--dim", "b=64", "--tol", "1e-6")
+    structured = einfold(*args, "--factorize", "auto")
+    assert structured.returncode == 0, structured.stderr
+    assert '"chosen": "butterfly"' in structured.stdout and '"weight": "f"' in structured.stdout
+    dense = einfold(*args, "--factorize", "none")
+    assert dense.returncode == 0 and "factorization=" not in dense.stdout
+    bad = einfold(*args, "--factorize", "sparse")
+    assert bad.returncode == 2 and "sparse" in bad.stderr and "Traceback" not in bad.stderr
