@@ -117,6 +117,44 @@ def test_batched_gemm_split_over_batch_threads():
     assert exe.stats()["llvm_threads"] == 2
 
 
+DIRECT_A = {
+    "ragged_rows_k_blocks": ("ij,jk->ik", (131, 300), (300, 29), "f32"),
+    "batched": ("bij,bjk->bik", (3, 25, 40), (3, 40, 16), "f64"),
+    "grouped_k": ("ijk,jkr->ir", (23, 9, 40), (9, 40, 12), "f32"),
+    "integers": ("ij,kj->ik", (37, 70), (30, 70), "i32"),
+}
+
+
+@pytest.mark.parametrize("name", DIRECT_A)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_gemm_with_few_columns_reads_a_in_place(name, threads):
+    """n <= 32 and A contiguous along k: no A packing; ragged row panels repeat the last row, unused."""
+    spec, a_shape, b_shape, dtype = DIRECT_A[name]
+    exe = assert_matches(einsum_program(spec, a_shape, b_shape, dtype=dtype), threads=threads)
+    assert "A read in place" in exe.stats()["llvm_lowering"][0], exe.stats()["llvm_lowering"]
+
+
+def test_gemm_packs_a_when_not_contiguous_along_k_or_many_columns():
+    transposed = assert_matches(einsum_program("ji,jk->ik", (40, 33), (40, 20)))
+    wide = assert_matches(einsum_program("ij,jk->ik", (33, 40), (40, 100)))
+    for exe in (transposed, wide):
+        assert "A read in place" not in exe.stats()["llvm_lowering"][0]
+
+
+COLUMN_SPLIT = {
+    "plain_ragged": ("ij,jk->ik", (20, 300), (300, 203)),
+    "table_indexed_b": ("ab,cbd->acd", (7, 9), (5, 9, 40)),
+}
+
+
+@pytest.mark.parametrize("name", COLUMN_SPLIT)
+@pytest.mark.parametrize("threads", [2, 3])
+def test_gemm_with_more_columns_than_rows_splits_columns(name, threads):
+    spec, a_shape, b_shape = COLUMN_SPLIT[name]
+    exe = assert_matches(einsum_program(spec, a_shape, b_shape), threads=threads)
+    assert "threads split n" in exe.stats()["llvm_lowering"][0], exe.stats()["llvm_lowering"]
+
+
 def test_gemm_asm_has_vector_fma():
     exe = einfold.compile(einsum_program("ij,jk->ik", (64, 64), (64, 64)), target="llvm")
     assert "@llvm.fma.v8f32" in exe.source("llvm")
@@ -130,6 +168,36 @@ def test_loop_nest_reduction_is_vectorised():
     exe = assert_matches(einsum_program("ijk->j", (4, 5, 64)))
     asm = exe.source("asm")
     assert "vaddps" in asm and "%ymm" in asm
+
+
+MEMORY_ORDER_REDUCTIONS = {
+    "middle_label": ("ijk->j", (6, 37, 19), "abc"),
+    "outer_and_inner_summed": ("ijkl->jk", (5, 7, 9, 11), "abcd"),
+    "summed_outermost_only": ("ijk->jk", (4, 9, 13), "abc"),
+    "int_middle_label": ("ijk->j", (3, 40, 8), "abc"),
+}
+
+
+@pytest.mark.parametrize("name", MEMORY_ORDER_REDUCTIONS)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_reduction_in_memory_order(name, threads):
+    """A one-operand reduction whose summed label is outermost in memory runs in memory order, the threads
+    splitting the first output label, each partial sum added into the zero-filled output."""
+    spec, shape, order = MEMORY_ORDER_REDUCTIONS[name]
+    dtype = "i32" if name.startswith("int") else "f64"
+    exe = assert_matches(einsum_program(spec, shape, dtype=dtype), threads=threads)
+    assert f"loop nest {order} (summed into the output)" in exe.stats()["llvm_lowering"][0]
+
+
+def test_memory_order_reduction_keeps_epilogue_and_f16_accumulator():
+    """The epilogue of an output-accumulated reduction runs as its own kernel; f16 keeps the f32 register sum."""
+    p = einfold.Program("reduce")
+    x = p.input("x", (5, 16, 24), "f32")
+    p.set_outputs(p.map("tanh", p.einsum("ijk->j", x)))
+    exe = assert_matches(p, threads=2)
+    assert "summed into the output" in exe.stats()["llvm_lowering"][0]
+    half = assert_matches(einsum_program("ijk->j", (5, 16, 24), dtype="f16"), threads=2)
+    assert "summed into the output" not in half.stats()["llvm_lowering"][0]
 
 
 # ----- fused epilogues ----------------------------------------------------------------------------------------
@@ -358,3 +426,12 @@ def test_negative_integer_power_is_a_runtime_failure():
     np.testing.assert_array_equal(exe(np.array([3, -2, 7]), np.array([4, 3, 0])), np.array([81, -8, 1]))
     with pytest.raises(einfold.RuntimeFailure, match="negative"):
         exe(np.array([3, 2, 1]), np.array([1, -1, 2]))
+
+
+def test_short_programs_run_on_one_thread_unless_threads_are_given():
+    small = einsum_program("ij,jk->ik", (128, 128), (128, 128))
+    assert einfold.compile(small, target="llvm").stats()["llvm_threads"] == 1
+    assert assert_matches(small, threads=2).stats()["llvm_threads"] == 2
+    from einfold.backends.llvm.runtime import default_threads
+    large = einsum_program("ijk->j", (256, 256, 128))  # 32 MiB to read: memory-bound for about 3 ms
+    assert einfold.compile(large, target="llvm").stats()["llvm_threads"] == default_threads()

@@ -1,11 +1,13 @@
 """Einsum kernels: GEMM-shaped float contractions go to the blocked micro-kernel (gemm.py); every other einsum
 becomes a loop nest over its labels. out[o] = sum_s prod_t in_t[o, s]: either the reduction is innermost with a
 register accumulator (the fused epilogue is applied right at the store), or, when the innermost output label is
-the unit-stride one, the reduction is hoisted above it: out[..., j] += prod_t in_t[..., s, j] with j innermost."""
+the unit-stride one, the reduction is hoisted above it: out[..., j] += prod_t in_t[..., s, j] with j innermost;
+a one-operand reduction follows the operand's memory order: "ijk->j" runs i, j, k with out[j] += sum_k x[i, j, k]."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from llvmlite import ir
@@ -40,19 +42,31 @@ def emit_einsum(mb: ModuleBuilder, op: Op, chain: Chain | None) -> None:
         plan = gemm_plan(GemmView.of(spec, shapes), sc)
         if plan is not None:
             from .gemm import emit_gemm
-            emit_gemm(mb, op, spec, shapes, plan)
-            mb.notes.append(f"%{op.result}: gemm {plan.describe()}")
+            mb.notes.append(f"%{op.result}: gemm {emit_gemm(mb, op, spec, shapes, plan)}")
             if chain is not None:
                 mb.elementwise(list(chain.ops), op.type.shape, anchor=op.result)
             return
     emit_loop_nest(mb, op, spec, shapes, chain)
 
 
-def choose_order(nest: LoopNest, may_hoist: bool) -> tuple[list[str], bool]:
-    """Loop order and whether the reduction is hoisted above the innermost (output) loop.
+@dataclass(frozen=True)
+class LoopOrder:
+    """Loops in nesting order; loops from `register_depth` on sum into a register, added into (`accumulate`) or
+    stored to the output after them; `parallel` is the output label whose range the threads split (or None)."""
+
+    order: tuple[str, ...]
+    register_depth: int
+    accumulate: bool
+    parallel: str | None
+
+
+def choose_order(nest: LoopNest, may_accumulate: bool) -> LoopOrder:
+    """Loop order, where the register sum starts and which loop the threads split.
 
     The innermost loop should be the label with unit stride in the most tensors (the vectorised one).
-    Output labels stay outer in output order; summed labels go inside, the best-scoring one innermost.
+    Output labels stay outer in output order; summed labels go inside, the best-scoring one innermost; the
+    reduction is hoisted above the innermost output label when that one has unit stride in more tensors. A
+    reduction of one operand instead runs in that operand's memory order when it differs (see `_memory_order`).
     """
     spec = nest.spec
     tensors = [*nest.operand_strides, nest.output_strides]
@@ -63,12 +77,35 @@ def choose_order(nest: LoopNest, may_hoist: bool) -> tuple[list[str], bool]:
 
     summed = sorted(spec.summed, key=lambda label: (score(label), -spec.summed.index(label)))
     output = list(spec.output)
-    if summed and output and may_hoist:
+    first_parallel = output[0] if output else None
+    if summed and output and may_accumulate:
+        streamed = _memory_order(nest)
+        if streamed is not None:
+            return streamed
         inner = output[-1]
         best_summed = summed[-1]
         if score(inner)[0] > score(best_summed)[0] and nest.output_strides.get(inner) == 1 and sizes[inner] > 1:
-            return output[:-1] + summed + [inner], True
-    return output + summed, False
+            order = (*output[:-1], *summed, inner)
+            return LoopOrder(order, len(order), True, first_parallel if len(output) > 1 else None)
+    return LoopOrder((*output, *summed), len(output), False, first_parallel)
+
+
+def _memory_order(nest: LoopNest) -> LoopOrder | None:
+    """For a one-operand reduction: loops in the operand's memory order (largest stride outermost), the trailing
+    summed loops in a register, the rest accumulated into the zero-filled output. Used when it differs from the
+    output-first order and the first output label comes first among the output labels (the threads split it)."""
+    spec = nest.spec
+    if len(spec.inputs) != 1 or len(set(spec.inputs[0])) != len(spec.inputs[0]):
+        return None
+    strides = nest.operand_strides[0]
+    order = tuple(sorted(spec.inputs[0], key=lambda label: -strides[label]))
+    outputs_in_order = [label for label in order if label in spec.output]
+    if outputs_in_order[0] != spec.output[0] or order[:len(spec.output)] == tuple(spec.output):
+        return None
+    register_depth = len(order)
+    while register_depth > 0 and order[register_depth - 1] in spec.summed:
+        register_depth -= 1
+    return LoopOrder(order, register_depth, True, spec.output[0])
 
 
 def emit_loop_nest(mb: ModuleBuilder, op: Op, spec: EinsumSpec, shapes: list[tuple[int, ...]],
@@ -76,7 +113,8 @@ def emit_loop_nest(mb: ModuleBuilder, op: Op, spec: EinsumSpec, shapes: list[tup
     nest = LoopNest.of(spec, shapes)
     sc = mb.scalar_of(op.result)
     acc_sc = accumulator(sc)
-    order, hoisted = choose_order(nest, may_hoist=acc_sc == sc)
+    loops = choose_order(nest, may_accumulate=acc_sc == sc)
+    order, accumulate, parallel = loops.order, loops.accumulate, loops.parallel
     in_scalars = [mb.scalar_of(v) for v in op.operands]
     kernel = mb.kernel("einsum")
     b = kernel.b
@@ -85,9 +123,8 @@ def emit_loop_nest(mb: ModuleBuilder, op: Op, spec: EinsumSpec, shapes: list[tup
     out_pointer = kernel.pointer(out_slot)
     e = kernel.emitter(REASSOCIATE)
     sizes = nest.sizes
-    output_labels = set(spec.output)
-    fuse_inline = chain is not None and not hoisted
-    mb.notes.append(f"%{op.result}: loop nest {''.join(order)}{' (reduction hoisted)' if hoisted else ''}"
+    fuse_inline = chain is not None and not accumulate
+    mb.notes.append(f"%{op.result}: loop nest {''.join(order)}{' (summed into the output)' if accumulate else ''}"
                     f"{' + fused epilogue' if fuse_inline else ''}")
 
     # Epilogue leaves: read at the output index, broadcast like numpy.
@@ -107,16 +144,15 @@ def emit_loop_nest(mb: ModuleBuilder, op: Op, spec: EinsumSpec, shapes: list[tup
         mb.steps.append(kernel.finish())
         return
 
-    parallel = order[0] if order and order[0] in output_labels else None
     if parallel is None:
         kernel.only_thread_zero()
 
-    accumulator_cell = None
-    if not hoisted:
-        accumulator_cell = [b.alloca(acc_sc.compute) for _ in range(acc_sc.lanes)]
-    elif parallel is None:
+    # Accumulating with no summed loop inside the innermost output loop: out[...] += term, no register sum.
+    direct = accumulate and loops.register_depth == len(order)
+    accumulator_cell = None if direct else [b.alloca(acc_sc.compute) for _ in range(acc_sc.lanes)]
+    if accumulate and parallel is None:
         _zero_fill(b, out_pointer, sc, const(0), const(op.type.size))
-    else:
+    elif accumulate:
         lo, hi = thread_range(b, sizes[parallel], kernel.thread, kernel.threads)
         step = const(nest.output_strides[parallel])
         _zero_fill(b, out_pointer, sc, b.mul(lo, step), b.mul(hi, step))
@@ -138,18 +174,18 @@ def emit_loop_nest(mb: ModuleBuilder, op: Op, spec: EinsumSpec, shapes: list[tup
             b.store(part, cell)
 
     def level(depth: int, offsets: list[ir.Value]) -> None:
-        if not hoisted and depth == len(spec.output):
+        if depth == loops.register_depth and not direct:
             write_cell(zero(acc_sc))
         if depth == len(order):
             term = product(offsets[:n_inputs])
-            if hoisted:
+            if direct:
                 current = _load_acc(b, out_pointer, sc, acc_sc, offsets[n_inputs])
                 _store_acc(b, ew.add(e, acc_sc, current, term), out_pointer, sc, acc_sc, offsets[n_inputs])
             else:
                 write_cell(ew.add(e, acc_sc, read_cell(), term))
             return
         label = order[depth]
-        if label == parallel and depth == 0:
+        if label == parallel:
             lo, hi = thread_range(b, sizes[label], kernel.thread, kernel.threads)
         else:
             lo, hi = const(0), const(sizes[label])
@@ -157,12 +193,14 @@ def emit_loop_nest(mb: ModuleBuilder, op: Op, spec: EinsumSpec, shapes: list[tup
             inner = [b.add(off, b.mul(index, const(s[label]))) if s.get(label) else off
                      for s, off in zip(strides, offsets)]
             level(depth + 1, inner)
-            if not hoisted and depth == len(spec.output) - 1:
+            if depth == loops.register_depth - 1 and not direct:
                 finish(inner)
 
     def finish(offsets: list[ir.Value]) -> None:
-        """After the reduction of one output element: apply the epilogue, store."""
+        """After the register sum: add it into the output, or apply the epilogue and store."""
         total = read_cell()
+        if accumulate:
+            total = ew.add(e, acc_sc, _load_acc(b, out_pointer, sc, acc_sc, offsets[n_inputs]), total)
         if not fuse_inline:
             _store_acc(b, total, out_pointer, sc, acc_sc, offsets[n_inputs])
             return

@@ -3,7 +3,9 @@
 
 Goto/BLIS loop order per batch: n-blocks (NC) > k-blocks (KC, pack B into NR-wide panels) > m-blocks (MC, pack A
 into MR-high panels) > an MR x NR register-blocked micro-kernel of vector FMAs (6x16 f32 / 6x8 f64 on AVX2).
-Threads split the batch, or else the rows in whole MR panels; each thread packs into its own workspace."""
+Threads split the batch, or else the longer of rows (whole MR panels) and columns (whole NR panels); each thread
+packs into its own workspace. With few columns (n <= DIRECT_A_MAX_N) and A contiguous along k, the micro-kernel
+reads A in place: packing would cost about as much as the product."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
 
 VECTOR_BITS = 256  # AVX2
 MIN_FLOPS = 2 * 16 * 16 * 16  # smaller products run as plain loop nests
+DIRECT_A_MAX_N = 32  # up to this many output columns (measured: pays at 32, not at 64), A is read in place
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,8 @@ def oriented(spec: EinsumSpec, shapes: list[tuple[int, ...]]) -> tuple[bool, Gem
     return False, view
 
 
-def emit_gemm(mb: ModuleBuilder, op: Op, spec: EinsumSpec, shapes: list[tuple[int, ...]], plan: GemmPlan) -> None:
+def emit_gemm(mb: ModuleBuilder, op: Op, spec: EinsumSpec, shapes: list[tuple[int, ...]], plan: GemmPlan) -> str:
+    """Emit the GEMM kernel; returns how it was blocked."""
     swap, view = oriented(spec, shapes)
     a_name, b_name = op.operands[::-1] if swap else op.operands
     a_term, b_term = spec.inputs[::-1] if swap else spec.inputs
@@ -131,6 +135,7 @@ def emit_gemm(mb: ModuleBuilder, op: Op, spec: EinsumSpec, shapes: list[tuple[in
     gemm = _Gemm(mb, sc, plan, maps, view.extent(batch), view.extent(m_group), view.extent(n_group),
                  view.extent(k_group))
     gemm.emit([mb.plan.value_slot[a_name], mb.plan.value_slot[b_name], mb.plan.value_slot[op.result]])
+    return plan.describe() + f", threads split {gemm.split}" + (", A read in place" if gemm.direct_a else "")
 
 
 class _Gemm:
@@ -145,6 +150,9 @@ class _Gemm:
         self.a_bytes = _round_up(plan.mc * plan.kc * size, 64)
         self.b_bytes = _round_up(plan.kc * plan.nc * size, 64)
         self.workspace_bytes = self.a_bytes + self.b_bytes + _round_up(plan.mr * plan.nr * size, 64)
+        a_rows, a_depth = maps["a", "m"], maps["a", "k"]
+        self.direct_a = n <= DIRECT_A_MAX_N and a_depth.stride == 1 and a_rows.table is None
+        self.split = _thread_split(batch, m, n, plan, mb.options["threads"])
 
     # ----- helpers ------------------------------------------------------------------------------------------
     def element_at(self, b: ir.IRBuilder, base: ir.Value, index: ir.Value) -> ir.Value:
@@ -175,52 +183,69 @@ class _Gemm:
         tile = b.gep(workspace, [const(self.a_bytes + self.b_bytes)], inbounds=True, source_etype=ir.IntType(8))
         pack_a, pack_b, micro, store_edge = self.pack_a_function(), self.pack_b_function(), self.micro_function(), \
             self.edge_function()
-        threads = mb.options["threads"]
-        if self.batch >= threads or self.m <= plan.mr:
-            batch_lo, batch_hi = thread_range(b, self.batch, kernel.thread, kernel.threads)
-            m_lo, m_hi = const(0), const(self.m)
-        else:
-            batch_lo, batch_hi = const(0), const(self.batch)
+        a_row_stride = self.maps["a", "m"].stride
+        batch_lo, batch_hi = const(0), const(self.batch)
+        m_lo, m_hi, n_lo, n_hi = const(0), const(self.m), const(0), const(self.n)
+        if self.split == "n":
+            n_lo, n_hi = thread_range(b, self.n, kernel.thread, kernel.threads, grain=plan.nr)
+        elif self.split == "m":
             m_lo, m_hi = thread_range(b, self.m, kernel.thread, kernel.threads, grain=plan.mr)
+        else:
+            batch_lo, batch_hi = thread_range(b, self.batch, kernel.thread, kernel.threads)
         c_row_stride = self.maps["c", "m"].stride
         fast_store = self.maps["c", "n"].stride == 1 and c_row_stride is not None
         with for_range(b, batch_lo, batch_hi, name="batch") as t:
             a_base = self.element_at(b, a, self.maps["a", "batch"].offset(b, t))
             b_base = self.element_at(b, bm, self.maps["b", "batch"].offset(b, t))
             c_base = self.element_at(b, c, self.maps["c", "batch"].offset(b, t))
-            with for_range(b, 0, self.n, step=plan.nc, name="jc") as jc:
-                nc = _min(b, const(plan.nc), b.sub(const(self.n), jc))
+            with for_range(b, n_lo, n_hi, step=plan.nc, name="jc") as jc:
+                nc = _min(b, const(plan.nc), b.sub(n_hi, jc))
                 with for_range(b, 0, self.k, step=plan.kc, name="pc") as pc:
                     kc = _min(b, const(plan.kc), b.sub(const(self.k), pc))
                     accumulate = b.icmp_signed(">", pc, const(0))
                     b.call(pack_b, [packed_b, b_base, pc, kc, jc, nc])
                     with for_range(b, m_lo, m_hi, step=plan.mc, name="ic") as ic:
                         mc = _min(b, const(plan.mc), b.sub(m_hi, ic))
-                        b.call(pack_a, [packed_a, a_base, ic, mc, pc, kc])
-                        with for_range(b, 0, nc, step=plan.nr, name="jr") as jr:
+                        if not self.direct_a:
+                            b.call(pack_a, [packed_a, a_base, ic, mc, pc, kc])
+
+                        def micro_tile(jr: ir.Value, ir_: ir.Value) -> None:
                             nr = _min(b, const(plan.nr), b.sub(nc, jr))
                             panel_b = self.element_at(b, packed_b, b.mul(jr, kc))
-                            with for_range(b, 0, mc, step=plan.mr, name="ir") as ir_:
-                                mr = _min(b, const(plan.mr), b.sub(mc, ir_))
+                            mr = _min(b, const(plan.mr), b.sub(mc, ir_))
+                            row, col = b.add(ic, ir_), b.add(jc, jr)
+                            if self.direct_a:
+                                panel_a = self.element_at(b, a_base, b.add(b.mul(row, const(a_row_stride)), pc))
+                                a_args = [const(a_row_stride), mr]
+                            else:
                                 panel_a = self.element_at(b, packed_a, b.mul(ir_, kc))
-                                row, col = b.add(ic, ir_), b.add(jc, jr)
-                                full = b.and_(b.icmp_signed("==", mr, const(plan.mr)),
-                                              b.icmp_signed("==", nr, const(plan.nr)))
-                                if fast_store:
-                                    with b.if_else(full) as (direct, edge):
-                                        with direct:
-                                            target = self.element_at(
-                                                b, c_base, b.add(b.mul(row, const(c_row_stride)), col))
-                                            b.call(micro, [panel_a, panel_b, kc, target, const(c_row_stride),
-                                                           accumulate])
-                                        with edge:
-                                            b.call(micro, [panel_a, panel_b, kc, tile, const(plan.nr),
-                                                           ir.Constant(ir.IntType(1), 0)])
-                                            b.call(store_edge, [tile, c_base, row, col, mr, nr, accumulate])
-                                else:
-                                    b.call(micro, [panel_a, panel_b, kc, tile, const(plan.nr),
-                                                   ir.Constant(ir.IntType(1), 0)])
-                                    b.call(store_edge, [tile, c_base, row, col, mr, nr, accumulate])
+                                a_args = []
+                            full = b.and_(b.icmp_signed("==", mr, const(plan.mr)),
+                                          b.icmp_signed("==", nr, const(plan.nr)))
+                            if fast_store:
+                                with b.if_else(full) as (direct, edge):
+                                    with direct:
+                                        target = self.element_at(
+                                            b, c_base, b.add(b.mul(row, const(c_row_stride)), col))
+                                        b.call(micro, [panel_a, panel_b, kc, target, const(c_row_stride),
+                                                       accumulate, *a_args])
+                                    with edge:
+                                        b.call(micro, [panel_a, panel_b, kc, tile, const(plan.nr),
+                                                       ir.Constant(ir.IntType(1), 0), *a_args])
+                                        b.call(store_edge, [tile, c_base, row, col, mr, nr, accumulate])
+                            else:
+                                b.call(micro, [panel_a, panel_b, kc, tile, const(plan.nr),
+                                               ir.Constant(ir.IntType(1), 0), *a_args])
+                                b.call(store_edge, [tile, c_base, row, col, mr, nr, accumulate])
+
+                        if self.direct_a:  # A's rows stay in L1 across the column panels: rows outside
+                            with for_range(b, 0, mc, step=plan.mr, name="ir") as ir_:
+                                with for_range(b, 0, nc, step=plan.nr, name="jr") as jr:
+                                    micro_tile(jr, ir_)
+                        else:  # the packed B panel stays in L1 across the row panels: columns outside
+                            with for_range(b, 0, nc, step=plan.nr, name="jr") as jr:
+                                with for_range(b, 0, mc, step=plan.mr, name="ir") as ir_:
+                                    micro_tile(jr, ir_)
         mb.steps.append(kernel.finish())
 
     def _function(self, name: str, arg_types: list[ir.Type]) -> tuple[ir.Function, ir.IRBuilder]:
@@ -231,30 +256,48 @@ class _Gemm:
         return function, ir.IRBuilder(function.append_basic_block("entry"))
 
     def pack_a_function(self) -> ir.Function:
-        """Ap[panel][p][i] = A[row = ic + panel*MR + i, pc + p], zero past the block's rows."""
+        """Ap[panel][p][i] = A[row = ic + panel*MR + i, pc + p], zero past the block's rows. Along A's shorter
+        stride: rows inside when A is column-major (reading the last valid row again past the edge)."""
         plan = self.plan
         function, b = self._function("pack_a", [PTR, PTR, I64, I64, I64, I64])
         packed, base, ic, mc, pc, kc = function.args
         m_map, k_map = self.maps["a", "m"], self.maps["a", "k"]
+        rows_inner = m_map.table is None and k_map.table is None and m_map.stride < k_map.stride
         with for_range(b, 0, mc, step=plan.mr, name="panel") as panel:
             rows = _min(b, const(plan.mr), b.sub(mc, panel))
             panel_base = b.mul(panel, kc)
-            with for_range(b, 0, plan.mr, name="i") as i:
-                destination_row = b.add(panel_base, i)
-                with b.if_else(b.icmp_signed("<", i, rows)) as (valid, padding):
-                    with valid:
-                        row_offset = m_map.offset(b, b.add(ic, b.add(panel, i)))
-                        with for_range(b, 0, kc, name="p") as p:
-                            value = b.load(self.element_at(b, base, b.add(row_offset, k_map.offset(b, b.add(pc, p)))),
-                                           typ=self.element)
-                            b.store(value, self.element_at(b, packed, b.add(destination_row,
-                                                                            b.mul(p, const(plan.mr)))))
-                    with padding:
-                        with for_range(b, 0, kc, name="p") as p:
-                            b.store(self.zero(self.element), self.element_at(
-                                b, packed, b.add(destination_row, b.mul(p, const(plan.mr)))))
+            if rows_inner:
+                with for_range(b, 0, kc, name="p") as p:
+                    column = k_map.offset(b, b.add(pc, p))
+                    for i in range(plan.mr):
+                        row = b.add(ic, b.add(panel, _min(b, const(i), b.sub(rows, const(1)))))
+                        value = b.load(self.element_at(b, base, b.add(m_map.offset(b, row), column)), typ=self.element)
+                        value = b.select(b.icmp_signed("<", const(i), rows), value, self.zero(self.element))
+                        destination = b.add(panel_base, b.add(b.mul(p, const(plan.mr)), const(i)))
+                        b.store(value, self.element_at(b, packed, destination))
+            else:
+                self._pack_a_along_rows(b, packed, base, ic, pc, kc, panel, rows, panel_base)
         b.ret_void()
         return function
+
+    def _pack_a_along_rows(self, b: ir.IRBuilder, packed: ir.Value, base: ir.Value, ic: ir.Value, pc: ir.Value,
+                           kc: ir.Value, panel: ir.Value, rows: ir.Value, panel_base: ir.Value) -> None:
+        """One panel of `pack_a`, row by row along k (zero rows past the edge)."""
+        plan = self.plan
+        m_map, k_map = self.maps["a", "m"], self.maps["a", "k"]
+        with for_range(b, 0, plan.mr, name="i") as i:
+            destination_row = b.add(panel_base, i)
+            with b.if_else(b.icmp_signed("<", i, rows)) as (valid, padding):
+                with valid:
+                    row_offset = m_map.offset(b, b.add(ic, b.add(panel, i)))
+                    with for_range(b, 0, kc, name="p") as p:
+                        value = b.load(self.element_at(b, base, b.add(row_offset, k_map.offset(b, b.add(pc, p)))),
+                                       typ=self.element)
+                        b.store(value, self.element_at(b, packed, b.add(destination_row, b.mul(p, const(plan.mr)))))
+                with padding:
+                    with for_range(b, 0, kc, name="p") as p:
+                        b.store(self.zero(self.element), self.element_at(
+                            b, packed, b.add(destination_row, b.mul(p, const(plan.mr)))))
 
     def pack_b_function(self) -> ir.Function:
         """Bp[panel][p][j] = B[pc + p, col = jc + panel*NR + j], zero past the block's columns."""
@@ -298,10 +341,17 @@ class _Gemm:
         return function
 
     def micro_function(self) -> ir.Function:
-        """C[i, j] (+)= sum_p Ap[p][i] * Bp[p][j] for an MR x NR tile held in MR * NR/lanes vector registers."""
+        """C[i, j] (+)= sum_p Ap[p][i] * Bp[p][j] for an MR x NR tile held in MR * NR/lanes vector registers.
+        Reading A in place, Ap[p][i] is A[min(i, rows - 1) * a_row_stride + p] (rows past the edge repeat the last)."""
         plan = self.plan
-        function, b = self._function("micro", [PTR, PTR, I64, PTR, I64, ir.IntType(1)])
-        packed_a, packed_b, kc, target, row_stride, accumulate = function.args
+        direct_args = [I64, I64] if self.direct_a else []
+        function, b = self._function("micro", [PTR, PTR, I64, PTR, I64, ir.IntType(1), *direct_args])
+        packed_a, packed_b, kc, target, row_stride, accumulate = function.args[:6]
+        if self.direct_a:
+            a_row_stride, rows = function.args[6:]
+            a_offsets = [b.mul(_min(b, const(i), b.sub(rows, const(1))), a_row_stride) for i in range(plan.mr)]
+        else:
+            a_offsets = [const(i) for i in range(plan.mr)]
         for argument in (packed_a, packed_b, target):
             argument.add_attribute("noalias")
         vectors_per_row = plan.nr // plan.lanes
@@ -316,10 +366,10 @@ class _Gemm:
             b_row = b.mul(p, const(plan.nr))
             columns = [b.load(self.element_at(b, packed_b, b.add(b_row, const(v * plan.lanes))), typ=self.vector,
                               align=vector_align) for v in range(vectors_per_row)]
-            a_row = b.mul(p, const(plan.mr))
+            a_row = p if self.direct_a else b.mul(p, const(plan.mr))
             result = []
             for i in range(plan.mr):
-                a_value = b.load(self.element_at(b, packed_a, b.add(a_row, const(i))), typ=self.element)
+                a_value = b.load(self.element_at(b, packed_a, b.add(a_row, a_offsets[i])), typ=self.element)
                 splat = b.shuffle_vector(b.insert_element(undefined, a_value, ir.Constant(ir.IntType(32), 0)),
                                          undefined, mask)
                 for v in range(vectors_per_row):
@@ -364,6 +414,16 @@ class _Gemm:
                 b.store(b.select(accumulate, self.add(b, old, value), value), address)
         b.ret_void()
         return function
+
+
+def _thread_split(batch: int, m: int, n: int, plan: GemmPlan, threads: int) -> str:
+    """What the threads divide: the batch when it has enough items, else the longer of rows and columns (each
+    thread packs the whole other operand, so splitting the long side packs the least twice)."""
+    if batch >= threads:
+        return "batch"
+    if n > m and n > plan.nr:
+        return "n"
+    return "m" if m > plan.mr else "batch"
 
 
 def _min(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:

@@ -1,6 +1,6 @@
 """Calling the generated code: a pointer table bound once (weights, arena) and filled per call (inputs,
-outputs), one ctypes call per thread of `einfold_entry(bufs, thread, threads)` (ctypes releases the GIL), a small
-pool of Python threads for the other shares, and the error flag read back after the call."""
+outputs), one ctypes call per thread of `einfold_entry(bufs, thread, threads)` (ctypes releases the GIL) on a small
+pool of Python threads pinned one per CPU (the caller waits), and the error flag read back after the call."""
 
 from __future__ import annotations
 
@@ -45,18 +45,23 @@ def default_threads() -> int:
 
 
 class ThreadPool:
-    """Worker threads that each run one job at a time from their own queue; `run` gives job t to worker t-1
-    and runs job 0 itself."""
+    """Worker threads that each run one job at a time from their own queue, worker t pinned to the t-th allowed
+    CPU when there are enough (left free, the scheduler often wakes a worker on the caller's CPU, where the two
+    then take turns); `run` gives job t to worker t and waits for all."""
 
     def __init__(self, workers: int):
         self.jobs: list[queue.SimpleQueue] = []
         self.done: queue.SimpleQueue = queue.SimpleQueue()
-        for _ in range(workers):
+        cpus = sorted(os.sched_getaffinity(0))
+        for worker in range(workers):
             jobs: queue.SimpleQueue = queue.SimpleQueue()
-            threading.Thread(target=self._work, args=(jobs,), daemon=True, name="einfold-llvm").start()
+            cpu = cpus[worker] if workers <= len(cpus) else None
+            threading.Thread(target=self._work, args=(jobs, cpu), daemon=True, name="einfold-llvm").start()
             self.jobs.append(jobs)
 
-    def _work(self, jobs: queue.SimpleQueue) -> None:
+    def _work(self, jobs: queue.SimpleQueue, cpu: int | None) -> None:
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
         while True:
             job = jobs.get()
             try:
@@ -65,10 +70,9 @@ class ThreadPool:
                 self.done.put(None)
 
     def run(self, jobs: list[Callable[[], None]]) -> None:
-        for worker, job in zip(self.jobs, jobs[1:]):
+        for worker, job in zip(self.jobs, jobs):
             worker.put(job)
-        jobs[0]()
-        for _ in jobs[1:]:
+        for _ in jobs:
             self.done.get()
 
 
@@ -110,7 +114,7 @@ class Runner:
         self.output_slots = plan.output_slots
         self.outputs = [(op.type.shape, op.type.dtype.numpy) for op in map(program.defining_op, program.outputs)]
         self.threads = threads
-        self.pool = pool(threads - 1) if threads > 1 else None
+        self.pool = pool(threads) if threads > 1 else None
         self.lock = threading.Lock()
         self.address = ctypes.addressof(self.table)
 
