@@ -4,8 +4,6 @@
 A label summed inside one operand only is summed first ("abc,cd->ad" -> "abc->ac" then "ac,cd->ad"; a size-1
 label is dropped by a free reshape), and a group of weight operands is contracted at compile time into one
 const when that lowers the run-time FLOPs. The last op keeps the name %r and records the decisions in `plan`.
-An intermediate's labels are reordered when that lets its producer and consumer read it as plain strided matrices:
-    "jr,kr->jrk"; "ijk,jrk->ir"  ->  "jr,kr->jkr"; "ijk,jkr->ir"  (k groups jk and n group r are one stride each).
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ import opt_einsum
 
 from einfold.errors import UnsupportedError
 from einfold.ir import Op, Program, rebuild, weight_hash
-from einfold.loopnest import GemmView, label_strides
 from einfold.ops import TensorType
 from einfold.passmanager import function_pass
 from einfold.reference import evaluate_op, literal_array
@@ -139,73 +136,9 @@ def plan_network(terms: list[str], output: str, sizes: dict[str, int], optimizer
             node = add("einsum", tuple(head), out)
             picked = [node] + rest if rest else []
         live.append(len(node_terms) - 1)
-    steps = _strided_layouts(steps, len(terms), sizes)
     flops = sum(_spec_flops(s.spec, sizes) for s in steps if s.kind == "einsum")
     largest = max(math.prod(sizes[label] for label in s.output) for s in steps)
     return Plan(optimizer if len(terms) > 2 else "binary", tuple(path), tuple(steps), flops, largest)
-
-
-def _strided_layouts(steps: list[Step], n_operands: int, sizes: dict[str, int]) -> list[Step]:
-    """Reorder each intermediate's labels into the layout its binary consumer reads as a matrix (batch, then m or
-    k, then k or n), when that leaves fewer label groups without a plain stride in the producer and consumer."""
-    steps = list(steps)
-    for index, producer in enumerate(steps[:-1]):
-        node = n_operands + index
-        users = [k for k, step in enumerate(steps) if node in step.inputs]
-        if producer.kind != "einsum" or len(users) != 1 or steps[users[0]].kind != "einsum":
-            continue
-        consumer = steps[users[0]]
-        position = consumer.inputs.index(node)
-        if len(consumer.inputs) != 2 or consumer.inputs.count(node) != 1:
-            continue
-        terms, out = consumer.spec.split("->")
-        terms = terms.split(",")
-        layout = _matrix_layout(terms[position], terms[1 - position], out)
-        if layout is None or layout == producer.output:
-            continue
-        new_producer = Step(producer.kind, producer.inputs, producer.spec.split("->")[0] + "->" + layout)
-        terms[position] = layout
-        new_consumer = Step(consumer.kind, consumer.inputs, ",".join(terms) + "->" + out)
-        before = _unstrided_groups(producer.spec, sizes) + _unstrided_groups(consumer.spec, sizes)
-        if _unstrided_groups(new_producer.spec, sizes) + _unstrided_groups(new_consumer.spec, sizes) < before:
-            steps[index], steps[users[0]] = new_producer, new_consumer
-    return steps
-
-
-def _matrix_layout(term: str, other: str, out: str) -> str | None:
-    """`term`'s labels as the consumer `term,other->out` reads them best: batch labels, then the ones it keeps and
-    the contracted ones (in `other`'s order), the side holding the output's last label ending in its kept labels."""
-    if len(set(term)) != len(term) or len(set(other)) != len(other) or set(term) - set(other) - set(out):
-        return None
-    batch = [label for label in out if label in term and label in other]
-    kept = [label for label in out if label in term and label not in other]
-    contracted = [label for label in other if label in term and label not in out]
-    tail = contracted + kept if out and out[-1] in kept else kept + contracted
-    return "".join(batch + tail)
-
-
-def _unstrided_groups(spec: str, sizes: dict[str, int]) -> int:
-    """How many (tensor, label group) pairs of a GEMM-shaped binary einsum need an offset table rather than one
-    stride (a group's labels must be adjacent and in order); 0 for other einsums."""
-    parsed = EinsumSpec.parse(spec)
-    if len(parsed.inputs) != 2:
-        return 0
-    shapes = [tuple(sizes[label] for label in term) for term in parsed.inputs]
-    view = GemmView.of(parsed, shapes)
-    if not view.is_gemm:
-        return 0
-    a_term, b_term = parsed.inputs[::-1] if parsed.output[-1] in view.m else parsed.inputs
-    in_output = lambda group: "".join(label for label in parsed.output if label in group)  # noqa: E731
-    groups = [in_output(view.batch), in_output(view.m), in_output(view.n),
-              "".join(label for label in a_term if label in view.k)]
-    count = 0
-    for term in (a_term, b_term, parsed.output):
-        strides = label_strides(term, tuple(sizes[label] for label in term))
-        for group in groups:
-            labels = [label for label in group if label in term and sizes[label] != 1]
-            if any(strides[x] != strides[y] * sizes[y] for x, y in zip(labels, labels[1:])):
-                count += 1
-    return count
 
 
 def _pre_reduce(node: int, pair: list[int], out: str, node_terms: list[str], sizes: dict[str, int], add: Any) -> int:

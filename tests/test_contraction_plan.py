@@ -282,21 +282,3 @@ def test_random_networks_keep_their_values(network: tuple[str, list[tuple[int, .
     for op in einsums(planned):
         EinsumSpec.parse(op.attrs["spec"])
     assert_same_values(program, planned, random_inputs(shapes, "f64", seed=len(spec)))
-
-
-def test_an_intermediate_is_laid_out_as_its_consumer_reads_it() -> None:
-    """MTTKRP: the Khatri-Rao intermediate becomes [j, k, r] so that the GEMM reads jk and r as one stride each."""
-    program = spec_program("ijk,jr,kr->ir", [(12, 10, 9), (10, 4), (9, 4)])
-    planned = plan(program)
-    assert [op.attrs["spec"] for op in einsums(planned)] == ["bd,cd->bcd", "abc,bcd->ad"]
-    assert_same_values(program, planned, random_inputs([(12, 10, 9), (10, 4), (9, 4)], "f64"))
-
-
-def test_layouts_that_are_already_strided_are_kept() -> None:
-    planned = plan(spec_program("abc,ia,jb,kc->ijk", [(32, 32, 32), (128, 32), (128, 32), (128, 32)]))
-    assert [op.attrs["spec"] for op in einsums(planned)] == ["abc,da->bcd", "bcd,eb->cde", "cde,fc->def"]
-
-
-def test_a_consumer_with_a_diagonal_keeps_the_intermediate_layout() -> None:
-    program = spec_program(",a,aa->", [(), (2,), (2, 2)])
-    assert_same_values(program, plan(program), random_inputs([(), (2,), (2, 2)], "f64"))
