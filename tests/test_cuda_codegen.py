@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_gpu_codegen import mlp_program as gpu_mlp_program
 
 import einfold
 from einfold.backends.cupy_runtime import GpuProgram
@@ -175,14 +176,7 @@ def compile_cuda(source: object, **options: object) -> einfold.Executable:
 
 
 def mlp_program() -> einfold.Program:
-    rng = np.random.default_rng(0)
-    p = einfold.Program("mlp")
-    x = p.input("x", (200, 96))
-    w = p.const("w", rng.standard_normal((96, 160)).astype(np.float32))
-    b = p.const("b", rng.standard_normal(160).astype(np.float32))
-    h = p.map("tanh", p.add(p.einsum("bi,ih->bh", x, w), b))
-    p.set_outputs(p.map("exp", p.neg(h)), x)
-    return p
+    return gpu_mlp_program(200, 96, 160)
 
 
 def test_gemm_is_shared_memory_tiled_and_ships_ptx(tmp_path):

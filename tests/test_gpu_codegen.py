@@ -29,12 +29,13 @@ def ptxas(ptx: str, tmp_path: Path, arch: str = "sm_90") -> None:
     assert (tmp_path / "kernel.cubin").stat().st_size > 0
 
 
-def mlp_program() -> einfold.Program:
+def mlp_program(batch: int = 20, d_in: int = 24, hidden: int = 36) -> einfold.Program:
+    """exp(-tanh(x W + b)) and x itself: a GEMM with a fused epilogue, maps and a repeated output."""
     rng = np.random.default_rng(0)
     p = einfold.Program("mlp")
-    x = p.input("x", (20, 24))
-    w = p.const("w", rng.standard_normal((24, 36)).astype(np.float32))
-    b = p.const("b", rng.standard_normal(36).astype(np.float32))
+    x = p.input("x", (batch, d_in))
+    w = p.const("w", rng.standard_normal((d_in, hidden)).astype(np.float32))
+    b = p.const("b", rng.standard_normal(hidden).astype(np.float32))
     h = p.map("tanh", p.add(p.einsum("bi,ih->bh", x, w), b))
     p.set_outputs(p.map("exp", p.neg(h)), x)
     return p

@@ -17,7 +17,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from .engine import Engine
-from .tiling import Bytes, Combine, FloatGemm, Gemm, ModElementwise, Reduce, Step, TiledProgram, Vector, View
+from .tiling import (
+    Bytes,
+    Combine,
+    FloatGemm,
+    Gemm,
+    ModElementwise,
+    Reduce,
+    Step,
+    TiledProgram,
+    Vector,
+    step_inputs,
+)
 
 # 32-bit vector-unit operations per element, by the number of 32-bit words of q (1: q < 2^31, 2: up to 2^62).
 BARRETT_OPS = {1: 20, 2: 60}
@@ -101,18 +112,6 @@ def step_cost(step: Step, engine: Engine, hbm_bytes: int) -> StepCost:
                     math.ceil(hbm_bytes / engine.hbm_bytes_per_cycle), macs, busy, ops)
 
 
-def _reads(step: Step) -> tuple[str, ...]:
-    if isinstance(step, (View, ModElementwise, Vector)):
-        return step.srcs
-    if isinstance(step, FloatGemm):
-        return step.srcs
-    if isinstance(step, (Reduce, Bytes)):
-        return (step.src,)
-    if isinstance(step, Gemm):
-        return (step.weights, step.data)
-    if isinstance(step, Combine):
-        return (step.acc, step.bias)
-    return ()
 
 
 def _nbytes(step: Step) -> int:
@@ -133,7 +132,7 @@ def program_costs(tiled: TiledProgram) -> list[StepCost]:
     costs = []
     for step in tiled.steps:
         traffic = 0
-        for name in _reads(step):
+        for name in step_inputs(step):
             if spills or (name in external and name not in seen):
                 traffic += sizes.get(name, 0)
             seen.add(name)

@@ -16,7 +16,18 @@ from einfold.reference import evaluate_op
 
 from . import barrett
 from . import bat as bat_ops
-from .tiling import Bytes, Combine, FloatGemm, Gemm, ModElementwise, Reduce, Step, TiledProgram, Vector, View
+from .tiling import (
+    Bytes,
+    Combine,
+    FloatGemm,
+    Gemm,
+    ModElementwise,
+    Reduce,
+    TiledProgram,
+    Vector,
+    View,
+    step_inputs,
+)
 
 
 def int_gemm(weights: np.ndarray, data: np.ndarray) -> np.ndarray:
@@ -98,14 +109,6 @@ RUNNERS: dict[type, Callable[..., np.ndarray]] = {
 }
 
 
-def step_inputs(step: Step) -> tuple[str, ...]:
-    if isinstance(step, (Reduce, Bytes)):
-        return (step.src,)
-    if isinstance(step, Gemm):
-        return (step.weights, step.data)
-    if isinstance(step, Combine):
-        return (step.acc, step.bias)
-    return step.srcs
 
 
 def execute(tiled: TiledProgram, inputs: list[np.ndarray]) -> list[np.ndarray]:

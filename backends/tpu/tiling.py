@@ -192,6 +192,17 @@ class Vector:
 Step = View | Reduce | Bytes | Gemm | Combine | ModElementwise | FloatGemm | Vector
 
 
+def step_inputs(step: Step) -> tuple[str, ...]:
+    """The values a step reads, in the order its runner takes them."""
+    if isinstance(step, (Reduce, Bytes)):
+        return (step.src,)
+    if isinstance(step, Gemm):
+        return (step.weights, step.data)
+    if isinstance(step, Combine):
+        return (step.acc, step.bias)
+    return step.srcs
+
+
 @dataclass
 class TiledProgram:
     """Steps over named buffers; constants by name; the engine they are planned for."""
