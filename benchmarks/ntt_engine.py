@@ -3,6 +3,7 @@
     python benchmarks/ntt_engine.py                          # CPU: build with einfold, emit, time, write artifacts
     python benchmarks/ntt_engine.py --sizes 12,16 --bits 30,60 --batch 8
     python benchmarks/ntt_engine.py --device gpu --artifacts benchmarks/results/ntt_engine   # no einfold needed
+    python benchmarks/ntt_engine.py --model --sizes 16 --bits 30,60 --limbs 1,2,4,8   # the cycle model's table only
 
 The CPU run writes, per (log2 n, bits), the emitted module `ntt_<n>_<bits>.py`, its constants `.npz` and
 `_data.npz` (input, expected output from Python integers, twiddles) under --artifacts. The GPU run imports only
@@ -132,6 +133,24 @@ def run_table(sizes: list[int], bits: list[int], folder: Path, runs: int, with_n
     return rows
 
 
+def model_table(sizes: list[int], bits: list[int], limbs: list[int], batch: int) -> list[str]:
+    """The scheduled cycle model's figures (compiled, not run) next to the sequential model's; markdown rows."""
+    import einfold
+    from einfold import he
+    rows = ["| n | q bits | limbs | matmul-phase util. | whole-kernel util. | VPU share | cycles | sequential cycles "
+            "| sequential matmul util. | sequential whole util. |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for log_n in sizes:
+        for b in bits:
+            for count in limbs:
+                moduli = he.ntt_primes(b, 2**log_n, count)
+                r = einfold.compile(he.ntt(2**log_n, moduli, batch=(batch,)), target="tpu").cost_report()
+                rows.append(f"| 2^{log_n} | {b} | {count} | {r['matmul_utilization']:.3f} | {r['utilization']:.3f} | "
+                            f"{r['vpu_share']:.2f} | {r['cycles']:,} | {r['sequential_cycles']:,} | "
+                            f"{r['sequential_matmul_utilization']:.3f} | {r['sequential_utilization']:.3f} |")
+                print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
@@ -141,9 +160,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--artifacts", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--no-build", action="store_true", help="reuse the artifacts already written")
+    parser.add_argument("--model", action="store_true", help="print the cycle model's table (no timing)")
+    parser.add_argument("--limbs", default="1,2,4,8", help="limb counts for --model")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     bits = [int(b) for b in args.bits.split(",")]
+    if args.model:
+        print("\n".join(model_table(sizes, bits, [int(c) for c in args.limbs.split(",")], args.batch)))
+        return
     if args.device == "cpu" and not args.no_build:
         build_artifacts(sizes, bits, args.batch, args.artifacts)
     rows = run_table(sizes, bits, args.artifacts, args.runs, with_numpy=args.device == "cpu")

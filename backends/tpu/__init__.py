@@ -15,10 +15,11 @@ from einfold.backend_api import Lowered
 from einfold.errors import UnsupportedError
 from einfold.ir import Program
 
-from .cycles import program_costs, report, summarize
+from .cycles import program_costs
 from .engine import engine_from_options
 from .executor import execute
 from .jax_emit import emit_jax, load_jax, write_jax
+from .schedule import report, schedule_steps, summarize
 from .tiling import listing, lower_program
 
 DESCRIPTION = "TPU-style matrix engine model: tiled int8/bf16 GEMMs, BAT modular matmuls, cycle model, JAX emitter"
@@ -36,6 +37,7 @@ def lower(program: Program, options: dict) -> Lowered:
     engine = engine_from_options(options)
     tiled = lower_program(program, engine)
     costs = program_costs(tiled)
+    slots = schedule_steps(tiled, costs)
     mode = options.get("run", "numpy")
     if mode not in ("numpy", "jax"):
         raise UnsupportedError(f"tpu: run= must be 'numpy' or 'jax', got {mode!r}")
@@ -56,10 +58,11 @@ def lower(program: Program, options: dict) -> Lowered:
 
     return Lowered(
         run=run,
-        emits={"tpu": lambda: listing(tiled, costs), "jax": lambda: emit_jax(tiled)},
-        stages={"tpu": listing(tiled, costs)},
-        stats=summarize(tiled, costs),
-        api={"tiled_program": lambda: tiled, "cost_report": lambda: report(tiled, costs),
+        emits={"tpu": lambda: listing(tiled, costs, slots), "jax": lambda: emit_jax(tiled)},
+        stages={"tpu": listing(tiled, costs, slots)},
+        stats=summarize(tiled, costs, slots),
+        api={"tiled_program": lambda: tiled, "cost_report": lambda: report(tiled, costs, slots),
+             "schedule": lambda: slots,
              "run_jax": run_jax_api,
              "write_jax": lambda path: write_jax(tiled, path)},
         source_kind="tpu",

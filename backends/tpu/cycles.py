@@ -1,11 +1,10 @@
-"""Cycle, utilisation and memory model of a tiled program on the engine (the formulas are in docs/tpu.md).
+"""Per-step unit costs of a tiled program on the engine (the formulas are in docs/tpu.md; schedule.py overlaps them).
 
-    mxu   = ceil(tiles / arrays) * max(ceil(S / rate), array_rows) + array_rows + array_cols
+    stream = ceil(tiles / arrays) * max(ceil(S / rate), array_rows);   mxu = stream + array_rows + array_cols
             (S = columns streamed past each weight tile; a weight tile loads in array_rows cycles behind the
             previous tile's stream; the pipeline fills and drains once per step, in array_rows + array_cols
             cycles whatever the data type; int8 streams at `int8_rate` values per cell per cycle)
-    vpu   = ceil(32-bit ops / vpu_lanes);   hbm = bytes / (HBM bytes per cycle)
-    step  = max(mxu, vpu, hbm);   cycles = sum of steps;   utilization = MXU busy / (arrays x cycles)
+    vpu   = ceil(32-bit ops / vpu_lanes);   hbm = bytes / (HBM bytes per cycle);   step = max(mxu, vpu, hbm)
 with MXU busy = MACs / (array_rows x array_cols x rate): the array-cycles the MACs need at full occupancy.
 """
 
@@ -27,6 +26,7 @@ from .tiling import (
     Step,
     TiledProgram,
     Vector,
+    View,
     step_inputs,
 )
 
@@ -42,15 +42,18 @@ def words(q: int) -> int:
 
 @dataclass(frozen=True)
 class StepCost:
-    """Figures of one step: unit cycles, HBM bytes, MACs, MXU busy array-cycles, and the step's cycles."""
+    """Figures of one step: unit cycles (`stream` = the MXU's part before the fill and drain), HBM bytes, MACs, MXU
+    busy array-cycles, vector ops, the program inputs and constants it loads from HBM, and the step's cycles."""
 
     mxu: int
+    stream: int
     vpu: int
     hbm_bytes: int
     hbm: int
     macs: int
     busy: float
     vpu_ops: int
+    loads: tuple[str, ...] = ()
 
     @property
     def cycles(self) -> int:
@@ -67,10 +70,15 @@ class StepCost:
         return "; ".join(parts)
 
 
+def stream_cycles(engine: Engine, tiles: int, streamed: int, input_type: str) -> int:
+    """Cycles the arrays stream: tiles / arrays rounds, each max(S / rate, the weight tile's load)."""
+    per_tile = max(math.ceil(streamed / engine.rate(input_type)), engine.array_rows)
+    return math.ceil(tiles / engine.arrays) * per_tile
+
+
 def mxu_cycles(engine: Engine, tiles: int, streamed: int, input_type: str) -> int:
-    rate = engine.rate(input_type)
-    per_tile = max(math.ceil(streamed / rate), engine.array_rows)
-    return math.ceil(tiles / engine.arrays) * per_tile + engine.array_rows + engine.array_cols
+    """One GEMM step on its own: the stream, then one fill and drain of the pipeline."""
+    return stream_cycles(engine, tiles, streamed, input_type) + engine.array_rows + engine.array_cols
 
 
 def vpu_ops(step: Step) -> int:
@@ -95,23 +103,22 @@ def vpu_ops(step: Step) -> int:
     return 0
 
 
-def step_cost(step: Step, engine: Engine, hbm_bytes: int) -> StepCost:
-    mxu, macs, busy = 0, 0, 0.0
+def step_cost(step: Step, engine: Engine, hbm_bytes: int, loads: tuple[str, ...] = ()) -> StepCost:
+    stream, macs, busy = 0, 0, 0.0
     if isinstance(step, Gemm):
         tiles = math.ceil(step.m / engine.array_rows) * math.ceil(step.kc / engine.array_cols)
-        mxu = mxu_cycles(engine, tiles, step.pre * step.post, step.input_type)
+        stream = stream_cycles(engine, tiles, step.pre * step.post, step.input_type)
         macs = step.macs
     elif isinstance(step, FloatGemm):
         tiles = step.batch * math.ceil(step.k / engine.array_rows) * math.ceil(step.n / engine.array_cols)
-        mxu = mxu_cycles(engine, tiles, step.m, "bf16")
+        stream = stream_cycles(engine, tiles, step.m, "bf16")
         macs = step.macs
+    mxu = stream + engine.array_rows + engine.array_cols if stream else 0
     if macs:
         busy = macs / (engine.array_rows * engine.array_cols * engine.rate(step.input_type))
     ops = vpu_ops(step)
-    return StepCost(mxu, math.ceil(ops / engine.vpu_lanes), hbm_bytes,
-                    math.ceil(hbm_bytes / engine.hbm_bytes_per_cycle), macs, busy, ops)
-
-
+    return StepCost(mxu, stream, math.ceil(ops / engine.vpu_lanes), hbm_bytes,
+                    math.ceil(hbm_bytes / engine.hbm_bytes_per_cycle), macs, busy, ops, loads)
 
 
 def _nbytes(step: Step) -> int:
@@ -120,54 +127,29 @@ def _nbytes(step: Step) -> int:
 
 def program_costs(tiled: TiledProgram) -> list[StepCost]:
     """Cost of every step. HBM traffic: inputs, constants and outputs once each while everything fits on chip;
-    every step's operands and result otherwise."""
+    every step's operands and result otherwise. The footprint is the inputs, constants, outputs and every result
+    of a step that is not a view (a view aliases its source), with no reuse of memory between buffers."""
     engine = tiled.engine
     sizes = {name: math.prod(shape) * np.dtype(dtype).itemsize for name, shape, dtype in tiled.inputs}
     sizes.update({name: value.nbytes for name, value in tiled.consts.items()})
+    footprint = sum(sizes.values())
     for step in tiled.steps:
         sizes[step.out] = _nbytes(step)
-    spills = sum(sizes.values()) > engine.on_chip_bytes
+        if not isinstance(step, View) or step.out in tiled.outputs:
+            footprint += sizes[step.out]
+    spills = footprint > engine.on_chip_bytes
     external = {name for name, _, _ in tiled.inputs} | set(tiled.consts)
     seen: set[str] = set()
     costs = []
     for step in tiled.steps:
-        traffic = 0
+        traffic, loads = 0, []
         for name in step_inputs(step):
             if spills or (name in external and name not in seen):
                 traffic += sizes.get(name, 0)
+                if name in external:
+                    loads.append(name)
             seen.add(name)
         if spills or step.out in tiled.outputs:
             traffic += sizes[step.out]
-        costs.append(step_cost(step, engine, traffic))
+        costs.append(step_cost(step, engine, traffic, tuple(loads)))
     return costs
-
-
-def summarize(tiled: TiledProgram, costs: list[StepCost]) -> dict[str, object]:
-    """The figures of `exe.stats()`: cycles, utilization, mxu_cycles, vpu_cycles, hbm_bytes."""
-    cycles = sum(c.cycles for c in costs)
-    busy = sum(c.busy for c in costs)
-    return {
-        "cycles": cycles,
-        "utilization": busy / (tiled.engine.arrays * cycles) if cycles else 0.0,
-        "mxu_cycles": sum(c.mxu for c in costs),
-        "vpu_cycles": sum(c.vpu for c in costs),
-        "hbm_bytes": sum(c.hbm_bytes for c in costs),
-    }
-
-
-def report(tiled: TiledProgram, costs: list[StepCost]) -> dict[str, object]:
-    """More figures: MACs, the utilisation of the matmul steps alone, and the vector unit's share of the cycles."""
-    gemm = [c for c, s in zip(costs, tiled.steps) if isinstance(s, (Gemm, FloatGemm))]
-    gemm_cycles = sum(c.cycles for c in gemm)
-    cycles = sum(c.cycles for c in costs)
-    vpu_bound = sum(c.cycles for c in costs if c.vpu >= max(c.mxu, c.hbm) and c.vpu)
-    return {
-        **summarize(tiled, costs),
-        "macs": sum(c.macs for c in costs),
-        "int8_macs": sum(c.macs for c, s in zip(costs, tiled.steps) if isinstance(s, Gemm)),
-        "matmul_cycles": gemm_cycles,
-        "matmul_utilization": sum(c.busy for c in gemm) / (tiled.engine.arrays * gemm_cycles) if gemm_cycles else 0.0,
-        "vpu_share": vpu_bound / cycles if cycles else 0.0,
-        "seconds": cycles / tiled.engine.clock_hz,
-        "bat_digits": {name: [w.k_in, max(b.k_out for b in w.blocks)] for name, w in tiled.bat.items()},
-    }

@@ -491,8 +491,9 @@ def lower_program(program: Program, engine: Engine) -> TiledProgram:
     return _Lowering(program, engine).run()
 
 
-def listing(tiled: TiledProgram, costs: list | None = None) -> str:
-    """The readable `--emit tpu` text: engine, constants, and one line per step with its unit and tile plan."""
+def listing(tiled: TiledProgram, costs: list | None = None, slots: list | None = None) -> str:
+    """The readable `--emit tpu` text: engine, constants, and one line per step with its unit, tile plan, cost and
+    scheduled start and end cycles."""
     engine = tiled.engine
     lines = [f"tpu program @{tiled.name}", f"  engine: {engine}",
              "  inputs: " + ", ".join(f"%{n}: {d}{list(s)}" for n, s, d in tiled.inputs)]
@@ -500,7 +501,8 @@ def listing(tiled: TiledProgram, costs: list | None = None) -> str:
         lines.append(f"  const %{name}: {value.dtype}{list(value.shape)}")
     lines.append("  steps:")
     for index, step in enumerate(tiled.steps):
-        cost = f"  [{costs[index].summary()}]" if costs else ""
+        when = f"{slots[index]}: " if slots else ""
+        cost = f"  [{when}{costs[index].summary()}]" if costs else ""
         lines.append(f"  {index:3d} {step.unit:4s} {step.line()} : {step.dtype}{list(step.shape)}{cost}")
         if isinstance(step, Gemm):
             tiles_m, tiles_k = -(-step.m // engine.array_rows), -(-step.kc // engine.array_cols)
