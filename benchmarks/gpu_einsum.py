@@ -164,6 +164,13 @@ def check_programs() -> list[tuple[str, Any, list[np.ndarray]]]:
     r = p.reshape(p.div(p.sub(x, y), p.add(p.map("abs", y), p.literal(1.0, "f32"))), (4, 12))
     p.set_outputs(p.cast(r, "f16"), x, r, r)
     programs.append(("layout_ops", p, [uniform(6, 8), uniform(8)]))
+
+    tensor_core = {"transposed_gemm_bf16": ("ki,jk->ij", [(136, 72), (40, 136)], "bf16"),
+                   "batched_gemm_f16": ("bij,bkj->bik", [(3, 100, 72), (3, 60, 72)], "f16")}
+    for name, (spec, operand_shapes, dtype) in tensor_core.items():
+        p = einfold.Program(name)
+        p.set_outputs(p.einsum(spec, *(p.input(f"x{k}", s, dtype) for k, s in enumerate(operand_shapes))))
+        programs.append((name, p, [uniform(*s).astype(einfold.dtypes.dtype(dtype).numpy) for s in operand_shapes]))
     return programs
 
 

@@ -375,6 +375,7 @@ class PtxBuilder:
     def gemm(self, op: Op, spec: EinsumSpec, shapes: list[tuple[int, ...]], view: GemmView) -> None:
         """Tiled GEMM over the groups of `view`, packing operands (and the result) whose groups are not
         contiguous into [batch, m, k] / [batch, k, n] / [batch, m, n] order."""
+        from .ptx_mma import tensor_core_gemm, uses_tensor_cores
         a, b_ = op.operands
         sizes = view.sizes
         batch, m, n = (_in_order(spec.output, g) for g in (view.batch, view.m, view.n))
@@ -399,18 +400,22 @@ class PtxBuilder:
             out_groups = _group_strides((batch, m, n), label_strides(
                 order_c, tuple(sizes[label] for label in order_c)), sizes)
         extents = tuple(math.prod(sizes[label] for label in g) for g in (batch, m, n, k))
-        config = GemmConfig.choose(extents, self.scalar_of(a), self.scalar_of(op.result),
-                                   operands[0][1], operands[1][1], out_groups)
-        final = target
-        if config.splits > 1:
-            target = self.temp("partial", (extents[0] * config.splits, extents[1], extents[2]),
-                               dt.dtype(config.out_dtype))
-        kernel = self.kernel("gemm", list(dict.fromkeys([operands[0][0], operands[1][0], target])))
-        emit_gemm(kernel, config, operands[0][0], operands[1][0], target)
-        self.launch(kernel, config.grid, f"%{op.result} = einsum '{spec}' as GEMM {config.describe()}")
-        if config.splits > 1:
-            self.sum_splits(target, final, config, out_groups, self.scalar_of(op.result))
-            target = final
+        if uses_tensor_cores(self.scalar_of(a), self.scalar_of(b_)):
+            tensor_core_gemm(self, f"%{op.result} = einsum '{spec}'", extents, operands, (target, out_groups),
+                             self.scalar_of(a), self.scalar_of(op.result))
+        else:
+            config = GemmConfig.choose(extents, self.scalar_of(a), self.scalar_of(op.result),
+                                       operands[0][1], operands[1][1], out_groups)
+            final = target
+            if config.splits > 1:
+                target = self.temp("partial", (extents[0] * config.splits, extents[1], extents[2]),
+                                   dt.dtype(config.out_dtype))
+            kernel = self.kernel("gemm", list(dict.fromkeys([operands[0][0], operands[1][0], target])))
+            emit_gemm(kernel, config, operands[0][0], operands[1][0], target)
+            self.launch(kernel, config.grid, f"%{op.result} = einsum '{spec}' as GEMM {config.describe()}")
+            if config.splits > 1:
+                self.sum_splits(target, final, config, out_groups, self.scalar_of(op.result))
+                target = final
         if target != out_buffer:
             sc = self.scalar_of(op.result)
             # the temp is [batch, m, n]; read it at the output's indices
