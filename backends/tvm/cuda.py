@@ -87,16 +87,18 @@ def build(program: Program, arch: str = "sm_90", ship: str = "ptx") -> Built:
     from tvm import te
 
     from .gpu_schedules import gpu_tiling, schedule_graph
+    from .gpu_tensorcore import apply_tensor_intrinsics, tensor_core_stages
     from .lower_te import lower_program
     from .schedules import Machine
 
     graph = lower_program(program, Machine("cuda", 16, 1), gpu_tiling)
     schedule = tvm.s_tir.Schedule(tvm.IRModule({"main": te.create_prim_func(graph.params)}))
-    rules = schedule_graph(schedule, graph, graph.reachable())
-    host, device = _lower_to_host_and_device(schedule.mod, arch)
+    rules = schedule_graph(schedule, graph, graph.reachable(), tensor_core_stages(program, graph))
+    module = apply_tensor_intrinsics(schedule.mod)
+    host, device = _lower_to_host_and_device(module, arch)
     cuda_source = _self_contained(device) + _check_kernels(len(graph.checks))
     buffers, inputs, outputs, constants = _param_buffers(program, graph)
-    launches = _launches(host, buffers, _kernel_notes(schedule.mod["main"], rules))
+    launches = _launches(host, buffers, _kernel_notes(module["main"], rules))
     for index, (flag, _) in enumerate(graph.checks):
         launches.append(Launch(f"einfold_check{index}", (1, 1, 1), (1, 1, 1), (flag.op.name,), 0,
                                f"report the check %{flag.op.name} as error {index + 1}"))
@@ -105,7 +107,7 @@ def build(program: Program, arch: str = "sm_90", ship: str = "ptx") -> Built:
     gpu = GpuProgram(name=program.name, source_kind=ship, source=shipped, buffers=tuple(buffers.values()),
                      launches=tuple(launches), inputs=inputs, outputs=outputs, constants=constants,
                      error_flag=ERROR_FLAG if graph.checks else None, error_messages=messages, arch=arch)
-    return Built(gpu, cuda_source, schedule.mod.script(), len(graph.stages), len(graph.inlined))
+    return Built(gpu, cuda_source, module.script(), len(graph.stages), len(graph.inlined))
 
 
 # ----- TVM: scheduled module -> host function + CUDA source ---------------------------------------------------
@@ -121,7 +123,7 @@ def _lower_to_host_and_device(mod: Any, arch: str) -> tuple[Any, str]:
     pipeline, _, finalize_device = tvm.tirx.get_default_tir_pipeline(target)
     try:
         mod = pipeline(mod)
-    except tvm.TVMError as error:  # a schedule that leaves a loop unbound, shared memory over the limit, ...
+    except RuntimeError as error:  # TVM's errors: a loop left unbound, shared memory over the limit, ...
         raise UnsupportedError(f"the cuda target could not lower this program: {str(error).splitlines()[-1]}") \
             from None
     host, devices = split_host_device_mods(mod)
@@ -227,6 +229,7 @@ def _kernel_notes(func: Any, rules: dict[str, str]) -> list[str]:
             node = pending.pop()
             if type(node).__name__ == "SBlock":
                 name = re.sub(r"_(update|init)$", "", node.name_hint)  # decompose_reduction's block names
+                name = name[:-2] if name not in rules and name.endswith("_o") else name  # blockize's outer blocks
                 if name in rules and name not in names:
                     names.append(name)
             pending.extend(reversed(_children(node)))

@@ -13,6 +13,7 @@ Rules, by stage role:
   `decompose_reduction`); the stage reading the tiles (the output, with its fused epilogue) is folded into the
   register write-back (`reverse_compute_inline`), so each thread writes its finished outputs straight to the
   result. When TVM cannot fold it, the tiles go to global memory and that stage is a kernel of its own.
+- gemm with f16/bf16 operands whose tile splits into 16 x 16 x 16 fragments: tensor cores (`gpu_tensorcore.py`).
 - reduce/check: one thread per output element with the sums as loops; with few outputs and long sums, one block
   per output element and the sum spread over its 256 threads (a cross-thread reduction).
 - pack and elementwise: one thread per element (loops fused, 256 threads a block).
@@ -204,9 +205,13 @@ def schedule_reduce(sch: s_tir.Schedule, stage: Stage) -> None:
     sch.decompose_reduction(block, summed[0])
 
 
-def schedule_graph(sch: s_tir.Schedule, graph: TEGraph, present: set[str]) -> dict[str, str]:
-    """Apply each stage's rule (stages absent from the function, i.e. unreachable, are skipped). Returns, for each
-    stage, the rule it got (shown as the launch notes)."""
+def schedule_graph(sch: s_tir.Schedule, graph: TEGraph, present: set[str],
+                   tensor_cores: dict[str, str] | None = None) -> dict[str, str]:
+    """Apply each stage's rule (stages absent from the function, i.e. unreachable, are skipped). GEMM stages named in
+    `tensor_cores` (-> operand type) get `gpu_tensorcore`'s schedule when it applies. Returns, for each stage, the
+    rule it got (shown as the launch notes)."""
+    from .gpu_tensorcore import schedule_tensor_core_gemm
+
     rules: dict[str, str] = {}
     for stage in graph.stages:
         if stage.name in graph.inlined and stage.name in present:
@@ -214,6 +219,12 @@ def schedule_graph(sch: s_tir.Schedule, graph: TEGraph, present: set[str]) -> di
             rules[stage.name] = "inlined"
     for stage in graph.stages:
         if stage.role == "gemm" and stage.name in present:
+            tensorized = schedule_tensor_core_gemm(sch, stage, tensor_cores[stage.name]) \
+                if stage.name in (tensor_cores or {}) else None
+            if tensorized is not None:
+                taken, rules[stage.name] = tensorized
+                rules.update({name: f"written by {stage.name}" for name in taken})
+                continue
             taken = schedule_gemm(sch, stage)
             tile = stage.tiling
             rules[stage.name] = (f"tiled GEMM {tile.mr}x{tile.nr}x{tile.nc}, shared-memory operand slices, "
