@@ -429,7 +429,7 @@ def test_negative_integer_power_is_a_runtime_failure():
 
 
 def test_short_programs_run_on_one_thread_unless_threads_are_given():
-    small = einsum_program("ij,jk->ik", (128, 128), (128, 128))
+    small = einsum_program("ij,jk->ik", (32, 32), (32, 32))
     assert einfold.compile(small, target="llvm").stats()["llvm_threads"] == 1
     assert assert_matches(small, threads=2).stats()["llvm_threads"] == 2
     from einfold.backends.llvm.runtime import default_threads
