@@ -429,9 +429,25 @@ def test_negative_integer_power_is_a_runtime_failure():
 
 
 def test_short_programs_run_on_one_thread_unless_threads_are_given():
-    small = einsum_program("ij,jk->ik", (32, 32), (32, 32))
+    small = einsum_program("ij,jk->ik", (128, 128), (128, 128))
     assert einfold.compile(small, target="llvm").stats()["llvm_threads"] == 1
     assert assert_matches(small, threads=2).stats()["llvm_threads"] == 2
     from einfold.backends.llvm.runtime import default_threads
     large = einsum_program("ijk->j", (256, 256, 128))  # 32 MiB to read: memory-bound for about 3 ms
     assert einfold.compile(large, target="llvm").stats()["llvm_threads"] == default_threads()
+
+
+def test_calls_from_several_python_threads_keep_their_own_inputs():
+    from concurrent.futures import ThreadPoolExecutor
+
+    exe = einfold.compile("ij,jk->ik", shapes=[(96, 64), (64, 80)], dtype="f32", target="llvm", threads=2)
+    rng = np.random.default_rng(7)
+    pairs = [(rng.standard_normal((96, 64), dtype=np.float32), rng.standard_normal((64, 80), dtype=np.float32))
+             for _ in range(8)]
+
+    def call(pair: tuple[np.ndarray, np.ndarray]) -> bool:
+        a, b = pair
+        return all(np.allclose(exe(a, b), a @ b, rtol=1e-5, atol=1e-4) for _ in range(50))
+
+    with ThreadPoolExecutor(4) as threads:
+        assert all(threads.map(call, pairs))

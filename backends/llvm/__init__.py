@@ -1,6 +1,5 @@
 """The `llvm` target: the whole program becomes one LLVM module (generated with llvmlite, JIT-compiled at O3 for
-the host CPU) whose entry function runs every op in order; `exe(...)` is one ctypes call, which runs the entry
-on the caller and on native worker threads waiting in shared memory (runtime.py)."""
+the host CPU) whose entry function runs every op in order; `exe(...)` is one ctypes call per thread."""
 
 from __future__ import annotations
 
@@ -14,12 +13,10 @@ from einfold.ir import Program
 
 DESCRIPTION = "native CPU code through LLVM (llvmlite JIT): blocked FMA GEMM micro-kernels, vectorised loop nests"
 
-# Programs estimated to run for less than this on one thread stay on it unless `threads` is given. A call on two
-# threads costs ~5 us more than one when the workers are awake (they spin for a while after each call). Measured
-# twice on the 2-vCPU VM, one thread vs two: i,i->i on 2x16384 f32 (estimated 17 us) 16-18 us vs 17-20 us; a 96^3
-# GEMM (estimated 35 us) 31-37 us vs 22-30 us; bij,bjk->bik on 2x64^3 (estimated 23 us) 31 us vs 23-26 us.
-# Waking workers that sleep (after ~1 ms idle) costs up to ~0.15 ms, which calls in a loop do not pay.
-PARALLEL_MIN_SECONDS = 20e-6
+# Programs estimated to run for less than this on one thread stay on it unless `threads` is given: waking the pool's
+# threads costs about 0.4 ms per call on a 2-vCPU VM (measured: a 256^3 GEMM takes 0.46 ms on one thread, 0.84 ms
+# on two; 384^3 takes 1.48 ms on one, 1.02 ms on two).
+PARALLEL_MIN_SECONDS = 1e-3
 SINGLE_THREAD_FLOPS_PER_SECOND = 70e9  # the 6x16 FMA kernel on one AVX2 core
 SINGLE_THREAD_BYTES_PER_SECOND = 12e9  # streaming reads and writes on one core
 
@@ -63,8 +60,7 @@ def lower(program: Program, options: dict) -> Lowered:
     jitted = compile_module(module)
     if not options.get("threads") and single_thread_seconds(program) < PARALLEL_MIN_SECONDS:
         threads = 1
-    runner = Runner(program, plan, jitted.address(ENTRY), jitted.global_address(ERROR_FLAG), threads,
-                    len(builder.steps) > 1, jitted)
+    runner = Runner(program, plan, jitted.address(ENTRY), jitted.global_address(ERROR_FLAG), threads, jitted)
     stats = {
         "llvm_kernels": len(builder.steps),
         "llvm_lowering": builder.notes,

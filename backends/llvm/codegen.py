@@ -1,7 +1,6 @@
 """einfold IR -> one LLVM module: a kernel per op (an einsum with its fused epilogue is one kernel step),
 and `einfold_entry(bufs, thread, threads)` calling them in order with a barrier between steps, so one call per
-thread runs the whole program. Kernels read their buffers from the pointer table `bufs` (see memory.py). Also the
-dispatch module all programs share: the native worker loop that runs `einfold_entry` on the pool's threads."""
+thread runs the whole program. Kernels read their buffers from the pointer table `bufs` (see memory.py)."""
 
 from __future__ import annotations
 
@@ -146,8 +145,8 @@ class ModuleBuilder:
         return self.module
 
     def _entry(self) -> None:
-        barrier = barrier_function(self.module)
-        entry = ir.Function(self.module, ENTRY_FUNCTION, ENTRY)
+        barrier = self._barrier()
+        entry = ir.Function(self.module, ir.FunctionType(VOID, [PTR, I64, I64]), ENTRY)
         b = ir.IRBuilder(entry.append_basic_block("entry"))
         bufs, thread, threads = entry.args
         for k, step in enumerate(self.steps):
@@ -155,6 +154,53 @@ class ModuleBuilder:
             if k + 1 < len(self.steps):
                 b.call(barrier, [threads])
         b.ret_void()
+
+    def _barrier(self) -> ir.Function:
+        """A sense-reversing spin barrier on two globals (yielding the CPU after a while of spinning)."""
+        module = self.module
+        count = ir.GlobalVariable(module, I64, "einfold_barrier_count")
+        generation = ir.GlobalVariable(module, I64, "einfold_barrier_generation")
+        for variable in (count, generation):
+            variable.initializer = ir.Constant(I64, 0)
+            variable.linkage = "internal"
+        pause = ir.Function(module, ir.FunctionType(VOID, []), "llvm.x86.sse2.pause")
+        sched_yield = ir.Function(module, ir.FunctionType(I32, []), "sched_yield")
+        function = ir.Function(module, ir.FunctionType(VOID, [I64]), "einfold_barrier")
+        function.linkage = "internal"
+        (threads,) = function.args
+        b = ir.IRBuilder(function.append_basic_block("entry"))
+        single = b.icmp_signed("<=", threads, const(1))
+        with b.if_then(single):
+            b.ret_void()
+        seen = b.load_atomic(generation, "acquire", 8)
+        arrived = b.atomic_rmw("add", count, const(1), "acq_rel")
+        last = b.icmp_signed("==", arrived, b.sub(threads, const(1)))
+        release = b.append_basic_block("release")
+        wait = b.append_basic_block("wait")
+        b.cbranch(last, release, wait)
+        b.position_at_end(release)
+        b.store_atomic(const(0), count, "monotonic", 8)
+        b.store_atomic(b.add(seen, const(1)), generation, "release", 8)
+        b.ret_void()
+        b.position_at_end(wait)
+        spin = b.append_basic_block("spin")
+        b.branch(spin)
+        b.position_at_end(spin)
+        spins = b.phi(I64)
+        spins.add_incoming(const(0), wait)
+        current = b.load_atomic(generation, "acquire", 8)
+        done = b.append_basic_block("done")
+        again = b.append_basic_block("again")
+        b.cbranch(b.icmp_signed("!=", current, seen), done, again)
+        b.position_at_end(done)
+        b.ret_void()
+        b.position_at_end(again)
+        b.call(pause, [])
+        with b.if_then(b.icmp_signed(">", spins, const(4000))):
+            b.call(sched_yield, [])
+        spins.add_incoming(b.add(spins, const(1)), b.block)
+        b.branch(spin)
+        return function
 
     # ----- elementwise nests -------------------------------------------------------------------------------
     def leaf_values(self, names: list[str], shape: tuple[int, ...]) -> tuple[list[Read], dict[str, Value]]:
@@ -233,223 +279,3 @@ class ModuleBuilder:
             kernel.only_thread_zero()
         level(0, offsets)
         self.steps.append(kernel.finish())
-
-
-# ----- waiting between threads ------------------------------------------------------------------------------
-# A waiting thread spins on `pause` for SPIN_NANOSECONDS (a call that follows soon finds it awake), then gives its
-# CPU away with sched_yield until YIELD_NANOSECONDS, then sleeps in the kernel (a futex on the word it waits on)
-# until the word changes, so idle threads cost nothing between calls. A waker changes the word with a sequentially
-# consistent RMW and then makes the futex system call only if a sleeper has counted itself in (the waiter counts
-# itself in before the kernel compares the word, so one of the two always sees the other).
-SPIN_NANOSECONDS = 50_000
-YIELD_NANOSECONDS = 1_000_000
-SYS_FUTEX, FUTEX_WAIT_PRIVATE, FUTEX_WAKE_PRIVATE = 202, 128, 129  # x86-64 Linux
-CLOCK_MONOTONIC = 1
-
-
-def waiting_functions(module: ir.Module) -> tuple[ir.Function, ir.Function]:
-    """`einfold_wait(ptr word, i32 seen, ptr sleepers)`: return once the i32 at `word` is no longer `seen`;
-    `einfold_wake(ptr word, ptr sleepers)`: wake the sleepers of `word` (call after changing it)."""
-    if "einfold_wait" in module.globals:
-        return module.globals["einfold_wait"], module.globals["einfold_wake"]
-    pause = ir.Function(module, ir.FunctionType(VOID, []), "llvm.x86.sse2.pause")
-    sched_yield = ir.Function(module, ir.FunctionType(I32, []), "sched_yield")
-    clock_gettime = ir.Function(module, ir.FunctionType(I32, [I32, PTR]), "clock_gettime")
-    syscall = ir.Function(module, ir.FunctionType(I64, [I64], var_arg=True), "syscall")
-
-    wake = ir.Function(module, ir.FunctionType(VOID, [PTR, PTR]), "einfold_wake")
-    wake.linkage = "internal"
-    word, sleepers = wake.args
-    b = ir.IRBuilder(wake.append_basic_block("entry"))
-    with b.if_then(b.icmp_signed("!=", b.load_atomic(sleepers, "seq_cst", 4, typ=I32), ir.Constant(I32, 0))):
-        b.call(syscall, [const(SYS_FUTEX), b.ptrtoint(word, I64), const(FUTEX_WAKE_PRIVATE), const(2**31 - 1),
-                         const(0), const(0), const(0)])
-    b.ret_void()
-
-    wait = ir.Function(module, ir.FunctionType(VOID, [PTR, I32, PTR]), "einfold_wait")
-    wait.linkage = "internal"
-    word, seen, sleepers = wait.args
-    b = ir.IRBuilder(wait.append_basic_block("entry"))
-    clock = b.alloca(ir.ArrayType(I64, 2), name="timespec")
-
-    def now() -> ir.Value:
-        b.call(clock_gettime, [ir.Constant(I32, CLOCK_MONOTONIC), clock])
-        seconds = b.load(b.gep(clock, [const(0), ir.Constant(I32, 0)], inbounds=True), typ=I64)
-        nanoseconds = b.load(b.gep(clock, [const(0), ir.Constant(I32, 1)], inbounds=True), typ=I64)
-        return b.add(b.mul(seconds, const(10**9)), nanoseconds)
-
-    spins = b.alloca(I64, name="spins")
-    b.store(const(0), spins)
-    begin, check, spin, timed, give_away, sleep, done = (wait.append_basic_block(name) for name in (
-        "begin", "check", "spin", "timed", "yield", "sleep", "done"))
-    b.cbranch(b.icmp_signed("!=", b.load_atomic(word, "acquire", 4, typ=I32), seen), done, begin)
-    b.position_at_end(begin)
-    start = now()
-    b.branch(check)
-    b.position_at_end(check)
-    b.cbranch(b.icmp_signed("!=", b.load_atomic(word, "acquire", 4, typ=I32), seen), done, spin)
-    b.position_at_end(spin)
-    b.call(pause, [])
-    count = b.add(b.load(spins, typ=I64), const(1))
-    b.store(count, spins)
-    b.cbranch(b.icmp_signed("==", b.and_(count, const(63)), const(0)), timed, check)  # read the clock now and then
-    b.position_at_end(timed)
-    elapsed = b.sub(now(), start)
-    with b.if_then(b.icmp_signed("<", elapsed, const(SPIN_NANOSECONDS))):
-        b.branch(check)
-    b.cbranch(b.icmp_signed("<", elapsed, const(YIELD_NANOSECONDS)), give_away, sleep)
-    b.position_at_end(give_away)
-    b.call(sched_yield, [])
-    b.branch(check)
-    b.position_at_end(sleep)
-    b.atomic_rmw("add", sleepers, ir.Constant(I32, 1), "seq_cst")
-    b.call(syscall, [const(SYS_FUTEX), b.ptrtoint(word, I64), const(FUTEX_WAIT_PRIVATE), b.zext(seen, I64),
-                     const(0), const(0), const(0)])
-    b.atomic_rmw("sub", sleepers, ir.Constant(I32, 1), "seq_cst")
-    b.branch(check)
-    b.position_at_end(done)
-    b.ret_void()
-    return wait, wake
-
-
-def barrier_function(module: ir.Module) -> ir.Function:
-    """`einfold_barrier(i64 threads)`: a sense-reversing barrier on module globals (an arrival count and a
-    generation the last arrival bumps), the others waiting on the generation."""
-    wait, wake = waiting_functions(module)
-    count = ir.GlobalVariable(module, I64, "einfold_barrier_count")
-    generation = ir.GlobalVariable(module, I32, "einfold_barrier_generation")
-    sleepers = ir.GlobalVariable(module, I32, "einfold_barrier_sleepers")
-    for variable in (count, generation, sleepers):
-        variable.initializer = ir.Constant(variable.value_type, 0)
-        variable.linkage = "internal"
-    function = ir.Function(module, ir.FunctionType(VOID, [I64]), "einfold_barrier")
-    function.linkage = "internal"
-    (threads,) = function.args
-    b = ir.IRBuilder(function.append_basic_block("entry"))
-    with b.if_then(b.icmp_signed("<=", threads, const(1))):
-        b.ret_void()
-    seen = b.load_atomic(generation, "acquire", 4, typ=I32)
-    arrived = b.atomic_rmw("add", count, const(1), "acq_rel")
-    with b.if_else(b.icmp_signed("==", arrived, b.sub(threads, const(1)))) as (last, other):
-        with last:
-            b.store_atomic(const(0), count, "monotonic", 8)
-            b.atomic_rmw("add", generation, ir.Constant(I32, 1), "seq_cst")
-            b.call(wake, [generation, sleepers])
-        with other:
-            b.call(wait, [generation, seen, sleepers])
-    b.ret_void()
-    return function
-
-
-# The state of a worker pool (POOL_BYTES, zeroed): byte offsets of its fields, the counters on their own cache
-# lines. `generation` (i32) is bumped by the caller once the job (entry, bufs, threads, ticket) is written;
-# `ticket` (i64) is the job's generation << 32 | the next unclaimed share (share 0 is the caller's); `done` (i32)
-# counts the shares 1.. that finished; each waited-on word has the count of threads asleep on it beside it.
-POOL_GENERATION, POOL_GENERATION_SLEEPERS = 0, 4
-POOL_DONE, POOL_DONE_SLEEPERS = 64, 68
-POOL_TICKET = 128
-POOL_ENTRY, POOL_BUFS, POOL_THREADS = 192, 200, 208
-POOL_BYTES = 256
-ENTRY_FUNCTION = ir.FunctionType(VOID, [PTR, I64, I64])
-WORKER, DISPATCH = "einfold_worker", "einfold_dispatch"
-
-
-def dispatch_module() -> ir.Module:
-    """The module shared by all programs. `einfold_worker(ptr pool)` is a worker thread's endless loop:
-    wait for a new generation, claim one share t of the job, run `entry(bufs, t, threads)`, count it done.
-    `einfold_dispatch(ptr pool, ptr entry, ptr bufs, i64 threads, i64 steal)` publishes a job, runs share 0 on the
-    caller, then (if `steal`: a program without barriers, whose shares may run one after another) runs the
-    shares no worker has claimed yet itself, and returns when shares 1..threads-1 are done. A worker that is
-    asleep or has no CPU thus costs a barrier-free program nothing beyond its single-thread time."""
-    module = ir.Module(name="einfold.dispatch")
-    wait, wake = waiting_functions(module)
-    ticket_type = I64.as_pointer()  # a typed pointer for cmpxchg (llvmlite reads its pointee type)
-
-    def field(b: ir.IRBuilder, pool: ir.Value, offset: int) -> ir.Value:
-        return b.gep(pool, [const(offset)], inbounds=True, source_etype=ir.IntType(8))
-
-    claim = ir.Function(module, ir.FunctionType(I64, [PTR, I32]), "einfold_claim")
-    claim.linkage = "internal"
-    pool, generation = claim.args
-    b = ir.IRBuilder(claim.append_basic_block("entry"))
-    ticket = b.bitcast(field(b, pool, POOL_TICKET), ticket_type)
-    first = b.load_atomic(ticket, "acquire", 8, typ=I64)
-    attempt, claimed, none = (claim.append_basic_block(name) for name in ("attempt", "claimed", "none"))
-    start = b.block
-    b.branch(attempt)
-    b.position_at_end(attempt)
-    current = b.phi(I64, name="ticket")
-    current.add_incoming(first, start)
-    share = b.and_(current, const(2**32 - 1))
-    same_job = b.icmp_unsigned("==", b.lshr(current, const(32)), b.zext(generation, I64))
-    # `threads` may belong to a later job when this one is fully claimed; the cmpxchg then fails and the next
-    # attempt sees the later generation
-    left = b.icmp_signed("<", share, b.load(field(b, pool, POOL_THREADS), typ=I64))
-    with b.if_then(b.not_(b.and_(same_job, left))):
-        b.branch(none)
-    exchanged = b.cmpxchg(ticket, current, b.add(current, const(1)), "acq_rel", "acquire")
-    current.add_incoming(b.extract_value(exchanged, 0), b.block)
-    b.cbranch(b.extract_value(exchanged, 1), claimed, attempt)
-    b.position_at_end(claimed)
-    b.ret(share)
-    b.position_at_end(none)
-    b.ret(const(-1))
-
-    def run_share(b: ir.IRBuilder, pool: ir.Value, share: ir.Value) -> None:
-        """Run `share` of the job and count it done."""
-        entry = b.load(field(b, pool, POOL_ENTRY), typ=ENTRY_FUNCTION.as_pointer())
-        b.call(entry, [b.load(field(b, pool, POOL_BUFS), typ=PTR), share,
-                       b.load(field(b, pool, POOL_THREADS), typ=I64)])
-        b.atomic_rmw("add", field(b, pool, POOL_DONE), ir.Constant(I32, 1), "seq_cst")
-
-    worker = ir.Function(module, ir.FunctionType(VOID, [PTR]), WORKER)
-    (pool,) = worker.args
-    b = ir.IRBuilder(worker.append_basic_block("entry"))
-    generation = field(b, pool, POOL_GENERATION)
-    seen = b.alloca(I32, name="seen")
-    b.store(ir.Constant(I32, 0), seen)  # the pool starts zeroed, before any worker runs
-    loop = worker.append_basic_block("loop")
-    b.branch(loop)
-    b.position_at_end(loop)
-    b.call(wait, [generation, b.load(seen, typ=I32), field(b, pool, POOL_GENERATION_SLEEPERS)])
-    current = b.load_atomic(generation, "acquire", 4, typ=I32)
-    b.store(current, seen)
-    share = b.call(claim, [pool, current])
-    with b.if_then(b.icmp_signed(">=", share, const(0))):
-        run_share(b, pool, share)
-        b.call(wake, [field(b, pool, POOL_DONE), field(b, pool, POOL_DONE_SLEEPERS)])
-    b.branch(loop)
-
-    dispatch = ir.Function(module, ir.FunctionType(VOID, [PTR, ENTRY_FUNCTION.as_pointer(), PTR, I64, I64]),
-                           DISPATCH)
-    pool, entry, bufs, threads, steal = dispatch.args
-    b = ir.IRBuilder(dispatch.append_basic_block("entry"))
-    generation, done = field(b, pool, POOL_GENERATION), field(b, pool, POOL_DONE)
-    b.store(entry, field(b, pool, POOL_ENTRY))
-    b.store(bufs, field(b, pool, POOL_BUFS))
-    b.store(threads, field(b, pool, POOL_THREADS))
-    b.atomic_rmw("xchg", done, ir.Constant(I32, 0), "monotonic")
-    following = b.add(b.load_atomic(generation, "monotonic", 4, typ=I32), ir.Constant(I32, 1))
-    b.store(b.or_(b.shl(b.zext(following, I64), const(32)), const(1)), field(b, pool, POOL_TICKET))
-    b.atomic_rmw("add", generation, ir.Constant(I32, 1), "seq_cst")  # publishes the job
-    b.call(wake, [generation, field(b, pool, POOL_GENERATION_SLEEPERS)])
-    b.call(entry, [bufs, const(0), threads])
-    stealing, check = dispatch.append_basic_block("stealing"), dispatch.append_basic_block("check")
-    b.cbranch(b.icmp_signed("!=", steal, const(0)), stealing, check)
-    b.position_at_end(stealing)
-    share = b.call(claim, [pool, following])
-    with b.if_then(b.icmp_signed(">=", share, const(0))):
-        run_share(b, pool, share)
-        b.branch(stealing)
-    b.branch(check)
-    b.position_at_end(check)
-    workers = b.trunc(b.sub(threads, const(1)), I32)
-    waiting, finished = dispatch.append_basic_block("waiting"), dispatch.append_basic_block("finished")
-    count = b.load_atomic(done, "acquire", 4, typ=I32)
-    b.cbranch(b.icmp_signed("==", count, workers), finished, waiting)
-    b.position_at_end(waiting)
-    b.call(wait, [done, count, field(b, pool, POOL_DONE_SLEEPERS)])
-    b.branch(check)
-    b.position_at_end(finished)
-    b.ret_void()
-    return module

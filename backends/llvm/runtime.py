@@ -1,30 +1,24 @@
 """Calling the generated code: a pointer table bound once (weights, arena) and filled per call (inputs,
-outputs), then one ctypes call (which releases the GIL): `einfold_entry(bufs, 0, 1)` on one thread, or
-`einfold_dispatch` (codegen.dispatch_module), which hands the shares t = 1..threads-1 of `einfold_entry(bufs, t,
-threads)` to native worker threads through shared memory and runs share 0 (and, in a program without barriers,
-the shares no worker has taken in time) on the caller; the error flag is read after."""
+outputs), one ctypes call per thread of `einfold_entry(bufs, thread, threads)` (ctypes releases the GIL) on a small
+pool of Python threads pinned one per CPU (the caller waits), and the error flag read back after the call."""
 
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
+import queue
 import threading
+from collections.abc import Callable
 
 import numpy as np
 
 from einfold.errors import RuntimeFailure
 from einfold.ir import Program
 
-from .codegen import DISPATCH, POOL_BYTES, WORKER, dispatch_module
 from .elementwise import ERROR_MESSAGES
-from .jit import Jitted, compile_module
 from .memory import ALIGN, MemoryPlan
 
 ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64)
-WORKER_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-DISPATCH_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                 ctypes.c_int64)
 
 
 def _array_data_offset() -> int | None:
@@ -50,59 +44,47 @@ def default_threads() -> int:
     return max(1, min(len(os.sched_getaffinity(0)), 8))
 
 
-@functools.cache
-def dispatcher() -> Jitted:
-    """The JIT-compiled dispatch module, compiled once per process and never freed."""
-    return compile_module(dispatch_module())
+class ThreadPool:
+    """Worker threads that each run one job at a time from their own queue, worker t pinned to the t-th allowed
+    CPU when there are enough (left free, the scheduler often wakes a worker on the caller's CPU, where the two
+    then take turns); `run` gives job t to worker t and waits for all."""
+
+    def __init__(self, workers: int):
+        self.jobs: list[queue.SimpleQueue] = []
+        self.done: queue.SimpleQueue = queue.SimpleQueue()
+        cpus = sorted(os.sched_getaffinity(0))
+        for worker in range(workers):
+            jobs: queue.SimpleQueue = queue.SimpleQueue()
+            cpu = cpus[worker] if workers <= len(cpus) else None
+            threading.Thread(target=self._work, args=(jobs, cpu), daemon=True, name="einfold-llvm").start()
+            self.jobs.append(jobs)
+
+    def _work(self, jobs: queue.SimpleQueue, cpu: int | None) -> None:
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+        while True:
+            job = jobs.get()
+            try:
+                job()
+            finally:
+                self.done.put(None)
+
+    def run(self, jobs: list[Callable[[], None]]) -> None:
+        for worker, job in zip(self.jobs, jobs):
+            worker.put(job)
+        for _ in jobs:
+            self.done.get()
 
 
-class WorkerPool:
-    """`threads - 1` daemon threads, each inside one endless ctypes call of `einfold_worker` (no Python, no GIL
-    while it waits; not pinned to CPUs: a worker is mostly running or asleep, rarely woken next to the caller).
-    The state lives in memory from libc that is never freed, so the workers may keep waiting on it while the
-    interpreter shuts down."""
-
-    def __init__(self, threads: int):
-        self.threads = threads
-        self.lock = threading.Lock()  # one job at a time: the state holds a single job
-        jitted = dispatcher()
-        self.dispatch = DISPATCH_TYPE(jitted.address(DISPATCH))
-        worker = WORKER_TYPE(jitted.address(WORKER))
-        libc = ctypes.CDLL(None)
-        libc.aligned_alloc.restype = ctypes.c_void_p
-        libc.aligned_alloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t]
-        self.state = libc.aligned_alloc(ALIGN, POOL_BYTES)
-        if not self.state:
-            raise MemoryError("could not allocate the llvm worker pool's state")
-        ctypes.memset(self.state, 0, POOL_BYTES)
-        for thread in range(1, threads):
-            threading.Thread(target=worker, args=(self.state,), daemon=True,
-                             name=f"einfold-llvm-{thread}").start()
-
-    def run(self, entry: int, bufs: int, steal: bool) -> None:
-        """Run `entry(bufs, t, threads)` (function and table addresses) for every share t, t = 0 on the caller, and
-        with `steal` (no barrier in `entry`) any share no worker has claimed once share 0 is done; return when all
-        are done."""
-        with self.lock:
-            self.dispatch(self.state, entry, bufs, self.threads, steal)
-
-
-_POOLS: dict[int, WorkerPool] = {}
+_POOLS: dict[int, ThreadPool] = {}
 _POOL_LOCK = threading.Lock()
 
 
-def pool(threads: int) -> WorkerPool:
-    """The process's pool for `threads` threads (made on first use; a forked child makes its own)."""
-    found = _POOLS.get(threads)
-    if found is not None:
-        return found
+def pool(workers: int) -> ThreadPool:
     with _POOL_LOCK:
-        if threads not in _POOLS:
-            _POOLS[threads] = WorkerPool(threads)
-        return _POOLS[threads]
-
-
-os.register_at_fork(after_in_child=_POOLS.clear)  # a child process has none of the parent's threads
+        if workers not in _POOLS:
+            _POOLS[workers] = ThreadPool(workers)
+        return _POOLS[workers]
 
 
 def aligned_empty(nbytes: int) -> np.ndarray:
@@ -114,12 +96,11 @@ def aligned_empty(nbytes: int) -> np.ndarray:
 
 class Runner:
     """`run(inputs) -> outputs` for one compiled program; Python threads may call it at once (a lock serialises
-    the calls: the table, the arena and the barrier are shared)."""
+    the calls: the pointer table, the arena and the barrier are shared)."""
 
     def __init__(self, program: Program, plan: MemoryPlan, entry_address: int, error_address: int,
-                 threads: int, barriers: bool, keep_alive: object):
+                 threads: int, keep_alive: object):
         self.keep_alive = keep_alive
-        self.entry_address = entry_address
         self.entry = ENTRY_TYPE(entry_address)
         self.error = ctypes.c_int32.from_address(error_address)
         self.table = (ctypes.c_void_p * max(plan.slots, 1))()
@@ -133,23 +114,24 @@ class Runner:
         self.output_slots = plan.output_slots
         self.outputs = [(op.type.shape, op.type.dtype.numpy) for op in map(program.defining_op, program.outputs)]
         self.threads = threads
-        self.steal = not barriers  # the caller may run the shares of late workers one after another
-        self.lock = threading.Lock()  # the table, the arena and the barrier serve one call at a time
+        self.pool = pool(threads) if threads > 1 else None
+        self.lock = threading.Lock()
         self.address = ctypes.addressof(self.table)
 
     def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        inputs = [array if array.flags.c_contiguous else np.ascontiguousarray(array) for array in inputs]
+        table = self.table
+        held = [array if array.flags.c_contiguous else np.ascontiguousarray(array) for array in inputs]
         outputs = [np.empty(shape, dtype) for shape, dtype in self.outputs]
-        with self.lock:
-            table = self.table
-            for slot, array in zip(self.input_slots, inputs):
+        with self.lock:  # the table is shared: fill it only while no other Python thread runs this program
+            for slot, array in zip(self.input_slots, held):
                 table[slot] = data_pointer(array)
             for slot, array in zip(self.output_slots, outputs):
                 table[slot] = data_pointer(array)
-            if self.threads == 1:
+            if self.pool is None:
                 self.entry(self.address, 0, 1)
             else:
-                pool(self.threads).run(self.entry_address, self.address, self.steal)
+                n = self.threads
+                self.pool.run([lambda t=t: self.entry(self.address, t, n) for t in range(n)])
             if self.error.value:
                 code, self.error.value = self.error.value, 0
                 raise RuntimeFailure(f"the compiled program failed: {ERROR_MESSAGES.get(code, f'error {code}')}")
