@@ -619,6 +619,7 @@ def emit_gemm(kernel: GpuKernel, cfg: GemmConfig, a_name: str, b_name: str, c_na
     from llvmlite import ir
 
     from .loops import loop_carry
+    from .ptx_mma import inside_tile
     from .scalars import F32, F64, convert, intrinsic, scalar, store
 
     b = kernel.b
@@ -702,12 +703,7 @@ def emit_gemm(kernel: GpuKernel, cfg: GemmConfig, a_name: str, b_name: str, c_na
             value = accumulators[i * cfg.tn + j]
             value = convert(b, value, acc_sc, out_sc) if acc_sc != out_sc else value
             offset = b.add(row_offset, b.mul(col, c64(cfg.c_strides[2])))
-            inside = None
-            if cfg.m % cfg.bm:
-                inside = b.icmp_signed("<", row, c64(cfg.m))
-            if cfg.n % cfg.bn:
-                in_col = b.icmp_signed("<", col, c64(cfg.n))
-                inside = in_col if inside is None else b.and_(inside, in_col)
+            inside = inside_tile(b, c64, cfg, row, col)
             if inside is None:
                 store(b, value, c_pointer, out_sc, offset)
             else:

@@ -513,14 +513,21 @@ def _staged_store(e: _Emitter, cfg: MmaConfig, kernel: Any, pointer: Any, acc: l
         global_row = b.add(m0, b.zext(row, I64))
         offset = b.add(c_base, b.add(b.mul(global_row, c64(cfg.c_strides[1])), column))
         address = b.gep(pointer, [offset], inbounds=True, source_etype=element)
-        inside = None
-        if cfg.m % cfg.bm:
-            inside = b.icmp_signed("<", global_row, c64(cfg.m))
-        if cfg.n % cfg.bn:
-            in_col = b.icmp_signed("<", column, c64(cfg.n))
-            inside = in_col if inside is None else b.and_(inside, in_col)
+        inside = inside_tile(b, c64, cfg, global_row, column)
         if inside is None:
             b.store(value, address, align=16)
         else:
             with b.if_then(inside):
                 b.store(value, address, align=16)
+
+
+def inside_tile(b: ir.IRBuilder, c64: Any, cfg: Any, row: ir.Value, column: ir.Value) -> ir.Value | None:
+    """The predicate `row < m and column < n` of a store from a block tile, leaving out each test that the block
+    tiling makes always true (m a multiple of bm, n of bn); None when both are."""
+    inside = None
+    if cfg.m % cfg.bm:
+        inside = b.icmp_signed("<", row, c64(cfg.m))
+    if cfg.n % cfg.bn:
+        in_column = b.icmp_signed("<", column, c64(cfg.n))
+        inside = in_column if inside is None else b.and_(inside, in_column)
+    return inside
