@@ -125,13 +125,19 @@ def _nbytes(step: Step) -> int:
     return math.prod(step.shape) * np.dtype(step.dtype).itemsize
 
 
+def external_bytes(tiled: TiledProgram) -> dict[str, int]:
+    """Bytes of every program input and constant (what comes from HBM)."""
+    sizes = {name: math.prod(shape) * np.dtype(dtype).itemsize for name, shape, dtype in tiled.inputs}
+    sizes.update({name: value.nbytes for name, value in tiled.consts.items()})
+    return sizes
+
+
 def program_costs(tiled: TiledProgram) -> list[StepCost]:
     """Cost of every step. HBM traffic: inputs, constants and outputs once each while everything fits on chip;
     every step's operands and result otherwise. The footprint is the inputs, constants, outputs and every result
     of a step that is not a view (a view aliases its source), with no reuse of memory between buffers."""
     engine = tiled.engine
-    sizes = {name: math.prod(shape) * np.dtype(dtype).itemsize for name, shape, dtype in tiled.inputs}
-    sizes.update({name: value.nbytes for name, value in tiled.consts.items()})
+    sizes = external_bytes(tiled)
     footprint = sum(sizes.values())
     for step in tiled.steps:
         sizes[step.out] = _nbytes(step)

@@ -10,11 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
 from einfold.errors import IRError
 
-from .cycles import StepCost
+from .cycles import StepCost, external_bytes
 from .tiling import FloatGemm, Gemm, TiledProgram, step_inputs
 
 UNITS = ("mxu", "vpu")
@@ -43,10 +41,10 @@ def occupancy(unit: str, cost: StepCost) -> int:
     return cost.cycles if unit == "vpu" else 0
 
 
-def load_cycles(tiled: TiledProgram, cost: StepCost) -> int:
-    """Cycles the step's loads of program inputs and constants take at the HBM bandwidth (they come first)."""
-    sizes = {name: math.prod(shape) * np.dtype(dtype).itemsize for name, shape, dtype in tiled.inputs}
-    loaded = sum(sizes[name] if name in sizes else tiled.consts[name].nbytes for name in set(cost.loads))
+def load_cycles(tiled: TiledProgram, cost: StepCost, sizes: dict[str, int]) -> int:
+    """Cycles the step's loads of program inputs and constants (`sizes`: external_bytes) take at the HBM
+    bandwidth (they come first)."""
+    loaded = sum(sizes[name] for name in set(cost.loads))
     return math.ceil(loaded / tiled.engine.hbm_bytes_per_cycle)
 
 
@@ -54,7 +52,7 @@ def dependencies(tiled: TiledProgram, costs: list[StepCost]) -> list[dict[int, i
     """For each step, {earlier step: lag}: it may start `lag` cycles after that step starts. It waits for the end
     of the writer of each buffer it reads, and for a program input or constant that an earlier step loads from HBM
     (this step does not load it itself), for that step's loads. Every buffer has one writer."""
-    external = {name for name, _, _ in tiled.inputs} | set(tiled.consts)
+    sizes = external_bytes(tiled)
     writer: dict[str, int] = {}
     loader: dict[str, int] = {}
     deps = []
@@ -63,17 +61,17 @@ def dependencies(tiled: TiledProgram, costs: list[StepCost]) -> list[dict[int, i
         for name in step_inputs(step):
             if name in writer:
                 pred, lag = writer[name], costs[writer[name]].cycles
-            elif name not in external:
+            elif name not in sizes:
                 raise IRError(f"tpu schedule: step {index} (%{step.out}) reads %{name}, which no earlier step writes")
             elif name in loader and name not in cost.loads:
                 pred = loader[name]
-                lag = load_cycles(tiled, costs[pred])
+                lag = load_cycles(tiled, costs[pred], sizes)
             else:
                 continue
             lags[pred] = max(lags.get(pred, 0), lag)
         for name in cost.loads:
             loader.setdefault(name, index)
-        if step.out in writer or step.out in external:
+        if step.out in writer or step.out in sizes:
             raise IRError(f"tpu schedule: step {index} writes %{step.out}, which already has a value; every buffer "
                           "of a tiled program must be written once")
         writer[step.out] = index
