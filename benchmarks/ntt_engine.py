@@ -137,15 +137,17 @@ def model_table(sizes: list[int], bits: list[int], limbs: list[int], batch: int)
     """The scheduled cycle model's figures (compiled, not run) next to the sequential model's; markdown rows."""
     import einfold
     from einfold import he
-    rows = ["| n | q bits | limbs | matmul-phase util. | whole-kernel util. | VPU share | cycles | sequential cycles "
-            "| sequential matmul util. | sequential whole util. |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| n | q bits | limbs | matmul-phase util. | whole-kernel util. | VPU share | cycles | on-chip peak "
+            "| sequential cycles | sequential matmul util. | sequential whole util. |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for log_n in sizes:
         for b in bits:
             for count in limbs:
                 moduli = he.ntt_primes(b, 2**log_n, count)
                 r = einfold.compile(he.ntt(2**log_n, moduli, batch=(batch,)), target="tpu").cost_report()
                 rows.append(f"| 2^{log_n} | {b} | {count} | {r['matmul_utilization']:.3f} | {r['utilization']:.3f} | "
-                            f"{r['vpu_share']:.2f} | {r['cycles']:,} | {r['sequential_cycles']:,} | "
+                            f"{r['vpu_share']:.2f} | {r['cycles']:,} | {r['on_chip_peak_bytes'] / 2**20:.1f} MiB"
+                            f"{' (spills)' if r['spills'] else ''} | {r['sequential_cycles']:,} | "
                             f"{r['sequential_matmul_utilization']:.3f} | {r['sequential_utilization']:.3f} |")
                 print(rows[-1], flush=True)
     return rows

@@ -21,7 +21,7 @@ from einfold.backends.tpu.tiling import FloatGemm, Gemm, View, step_inputs
 def check_schedule(exe: einfold.Executable) -> dict:
     """Assert that the executable's schedule is valid and its figures follow from it; returns the cost report."""
     tiled, slots, report = exe.tiled_program(), exe.schedule(), exe.cost_report()
-    steps, costs, engine = tiled.steps, program_costs(tiled), tiled.engine
+    steps, costs, engine = tiled.steps, program_costs(tiled, spills=report["spills"]), tiled.engine
     assert len(slots) == len(steps)
     previous_free = {"mxu": 0, "vpu": 0}
     order = sorted(range(len(steps)), key=lambda i: (slots[i].start, i))
@@ -192,21 +192,38 @@ def test_listing_shows_every_steps_start_and_end():
         assert f"[t {slot.start}-{slot.end}" in line
 
 
-def test_views_alias_their_source_in_the_on_chip_footprint():
+def test_buffers_take_memory_only_while_live():
+    """x -> relu -> relu -> relu -> relu on the VPU: each step frees its input as it ends, so two buffers are live."""
+    p = einfold.Program("chain")
+    value = p.input("x", (256, 256))
+    for _ in range(4):
+        value = p.map("relu", value)
+    p.set_outputs(value)
+    buffer = 256 * 256 * 4
+    report = einfold.compile(p, target="tpu").cost_report()
+    assert report["on_chip_peak_bytes"] == 2 * buffer and not report["spills"]
+    spilled = einfold.compile(p, target="tpu", engine={"on_chip_bytes": 2 * buffer - 1}).cost_report()
+    assert spilled["spills"] and spilled["hbm_bytes"] == 4 * 2 * buffer  # every step reads and writes through HBM
+
+
+def test_the_on_chip_peak_bounds_and_decides_spilling():
     n = 2**10
-    moduli = he.ntt_primes(30, n, 2)
-    program = he.ntt(n, moduli, batch=(1,))
-    tiled = einfold.compile(program, target="tpu").tiled_program()
-    external = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for _, shape, dtype in tiled.inputs)
-    external += sum(value.nbytes for value in tiled.consts.values())
-    results = sum(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for s in tiled.steps
-                  if not isinstance(s, View) or s.out in tiled.outputs)
-    views = sum(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for s in tiled.steps if isinstance(s, View))
-    output = 2 * n * 8
-    fits = einfold.compile(program, target="tpu", engine={"on_chip_bytes": external + results}).cost_report()
-    assert fits["hbm_bytes"] == external + output and views > output  # the views would have made it spill
-    spills = einfold.compile(program, target="tpu", engine={"on_chip_bytes": external + results - 1}).cost_report()
-    assert spills["hbm_bytes"] > fits["hbm_bytes"]
+    program = he.ntt(n, he.ntt_primes(30, n, 2), batch=(1,))
+    exe = einfold.compile(program, target="tpu")
+    tiled, peak = exe.tiled_program(), exe.cost_report()["on_chip_peak_bytes"]
+    size = {name: int(np.prod(shape)) * np.dtype(dtype).itemsize for name, shape, dtype in tiled.inputs}
+    size.update({name: value.nbytes for name, value in tiled.consts.items()})
+    size.update({step.out: int(np.prod(step.shape)) * np.dtype(step.dtype).itemsize for step in tiled.steps})
+    working_sets = [size[step.out] + sum(size[name] for name in step_inputs(step))
+                    for step in tiled.steps if not isinstance(step, View) and
+                    not any(isinstance(s, View) and s.out in step_inputs(step) for s in tiled.steps)]
+    without_reuse = sum(size[name] for name in tiled.consts) + sum(size[name] for name, _, _ in tiled.inputs) + sum(
+        size[step.out] for step in tiled.steps if not isinstance(step, View))
+    assert max(working_sets) <= peak < without_reuse
+    fits = einfold.compile(program, target="tpu", engine={"on_chip_bytes": peak}).cost_report()
+    assert not fits["spills"] and fits["hbm_bytes"] == sum(size[name] for name in tiled.consts) + 2 * 2 * n * 8
+    spills = einfold.compile(program, target="tpu", engine={"on_chip_bytes": peak - 1}).cost_report()
+    assert spills["spills"] and spills["hbm_bytes"] > fits["hbm_bytes"]
 
 
 def test_a_buffer_written_twice_or_read_before_written_is_an_error(mlp):
@@ -217,3 +234,11 @@ def test_a_buffer_written_twice_or_read_before_written_is_an_error(mlp):
     tiled.steps[:] = tiled.steps[-2::-1]
     with pytest.raises(einfold.IRError, match="no earlier step writes"):
         schedule_steps(tiled, program_costs(tiled))
+
+
+@pytest.mark.slow
+def test_eight_60_bit_limbs_stay_on_chip_and_keep_the_matrix_units_busy():
+    n = 2**16
+    report = einfold.compile(he.ntt(n, he.ntt_primes(60, n, 8)), target="tpu").cost_report()
+    assert not report["spills"] and report["on_chip_peak_bytes"] < 32 * 2**20
+    assert report["matmul_utilization"] > 0.99

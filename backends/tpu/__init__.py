@@ -15,11 +15,10 @@ from einfold.backend_api import Lowered
 from einfold.errors import UnsupportedError
 from einfold.ir import Program
 
-from .cycles import program_costs
 from .engine import engine_from_options
 from .executor import execute
 from .jax_emit import emit_jax, load_jax, write_jax
-from .schedule import report, schedule_steps, summarize
+from .schedule import plan, report, summarize
 from .tiling import listing, lower_program
 
 DESCRIPTION = "TPU-style matrix engine model: tiled int8/bf16 GEMMs, BAT modular matmuls, cycle model, JAX emitter"
@@ -36,8 +35,7 @@ def passes(options: dict) -> list[str]:
 def lower(program: Program, options: dict) -> Lowered:
     engine = engine_from_options(options)
     tiled = lower_program(program, engine)
-    costs = program_costs(tiled)
-    slots = schedule_steps(tiled, costs)
+    costs, slots, peak = plan(tiled)
     mode = options.get("run", "numpy")
     if mode not in ("numpy", "jax"):
         raise UnsupportedError(f"tpu: run= must be 'numpy' or 'jax', got {mode!r}")
@@ -61,7 +59,7 @@ def lower(program: Program, options: dict) -> Lowered:
         emits={"tpu": lambda: listing(tiled, costs, slots), "jax": lambda: emit_jax(tiled)},
         stages={"tpu": listing(tiled, costs, slots)},
         stats=summarize(tiled, costs, slots),
-        api={"tiled_program": lambda: tiled, "cost_report": lambda: report(tiled, costs, slots),
+        api={"tiled_program": lambda: tiled, "cost_report": lambda: report(tiled, costs, slots, peak),
              "schedule": lambda: slots,
              "run_jax": run_jax_api,
              "write_jax": lambda path: write_jax(tiled, path)},

@@ -26,7 +26,6 @@ from .tiling import (
     Step,
     TiledProgram,
     Vector,
-    View,
     step_inputs,
 )
 
@@ -132,18 +131,18 @@ def external_bytes(tiled: TiledProgram) -> dict[str, int]:
     return sizes
 
 
-def program_costs(tiled: TiledProgram) -> list[StepCost]:
-    """Cost of every step. HBM traffic: inputs, constants and outputs once each while everything fits on chip;
-    every step's operands and result otherwise. The footprint is the inputs, constants, outputs and every result
-    of a step that is not a view (a view aliases its source), with no reuse of memory between buffers."""
-    engine = tiled.engine
+def buffer_bytes(tiled: TiledProgram) -> dict[str, int]:
+    """Bytes of every buffer: program inputs, constants and every step's result."""
     sizes = external_bytes(tiled)
-    footprint = sum(sizes.values())
-    for step in tiled.steps:
-        sizes[step.out] = _nbytes(step)
-        if not isinstance(step, View) or step.out in tiled.outputs:
-            footprint += sizes[step.out]
-    spills = footprint > engine.on_chip_bytes
+    sizes.update({step.out: _nbytes(step) for step in tiled.steps})
+    return sizes
+
+
+def program_costs(tiled: TiledProgram, spills: bool = False) -> list[StepCost]:
+    """Cost of every step. HBM traffic: program inputs, constants and outputs once each when the buffers fit on
+    chip; every step's operands and result when they do not (`spills`: the schedule decides, schedule.plan)."""
+    engine = tiled.engine
+    sizes = buffer_bytes(tiled)
     external = {name for name, _, _ in tiled.inputs} | set(tiled.consts)
     seen: set[str] = set()
     costs = []
@@ -151,7 +150,7 @@ def program_costs(tiled: TiledProgram) -> list[StepCost]:
         traffic, loads = 0, []
         for name in step_inputs(step):
             if spills or (name in external and name not in seen):
-                traffic += sizes.get(name, 0)
+                traffic += sizes[name]
                 if name in external:
                     loads.append(name)
             seen.add(name)

@@ -3,6 +3,7 @@ figures of `exe.stats()` / `exe.cost_report()` taken from it (the formulas are i
 
     start(s) = max(its unit is free, every buffer it reads is ready);  among ready steps the longest path to the end
     goes first (ties: program order).  MXU: busy for the stream, result ready array_rows + array_cols later.
+    On chip: a buffer lives from the start of the step that writes (or first loads) it to the end of its last reader.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from dataclasses import dataclass
 
 from einfold.errors import IRError
 
-from .cycles import StepCost, external_bytes
-from .tiling import FloatGemm, Gemm, TiledProgram, step_inputs
+from .cycles import StepCost, buffer_bytes, external_bytes, program_costs
+from .tiling import FloatGemm, Gemm, TiledProgram, View, step_inputs
 
 UNITS = ("mxu", "vpu")
 
@@ -125,6 +126,48 @@ def schedule_steps(tiled: TiledProgram, costs: list[StepCost]) -> list[Slot]:
     return [slot for slot in slots if slot is not None]
 
 
+def on_chip_peak(tiled: TiledProgram, slots: list[Slot]) -> int:
+    """Most bytes live on chip at once under this schedule. A buffer lives from the start of the step that writes it
+    (a program input or constant: of the first step that reads it) to the end of the last step that reads it (an
+    output: to the end of the program); a view takes no memory and keeps its sources alive while it is read."""
+    sizes = buffer_bytes(tiled)
+    roots: dict[str, tuple[str, ...]] = {}
+    born: dict[str, int] = {}
+    dies: dict[str, int] = {}
+    for step, slot in zip(tiled.steps, slots):
+        for name in step_inputs(step):
+            for root in roots.get(name, (name,)):
+                born[root] = min(born.get(root, slot.start), slot.start)
+                dies[root] = max(dies.get(root, slot.end), slot.end)
+        if isinstance(step, View):
+            roots[step.out] = tuple(dict.fromkeys(r for src in step.srcs for r in roots.get(src, (src,))))
+        else:
+            born[step.out] = slot.start
+            dies[step.out] = max(dies.get(step.out, slot.end), slot.end)
+    makespan = max((slot.end for slot in slots), default=0)
+    for name in tiled.outputs:
+        for root in roots.get(name, (name,)):
+            dies[root] = makespan
+    events = sorted([(born[name], sizes[name]) for name in born] + [(dies[name], -sizes[name]) for name in born])
+    peak = live = 0
+    for _, change in events:  # at equal times frees (negative) come first
+        live += change
+        peak = max(peak, live)
+    return peak
+
+
+def plan(tiled: TiledProgram) -> tuple[list[StepCost], list[Slot], int]:
+    """Costs, schedule and on-chip peak: schedule as if every buffer stays on chip; if the peak then exceeds the
+    on-chip memory, every step moves its operands and result through HBM instead, and is scheduled again."""
+    costs = program_costs(tiled)
+    slots = schedule_steps(tiled, costs)
+    peak = on_chip_peak(tiled, slots)
+    if peak > tiled.engine.on_chip_bytes:
+        costs = program_costs(tiled, spills=True)
+        slots = schedule_steps(tiled, costs)
+    return costs, slots, peak
+
+
 def _union(intervals: list[tuple[int, int]]) -> int:
     total, reach = 0, None
     for start, end in sorted(intervals):
@@ -153,9 +196,10 @@ def summarize(tiled: TiledProgram, costs: list[StepCost], slots: list[Slot]) -> 
     }
 
 
-def report(tiled: TiledProgram, costs: list[StepCost], slots: list[Slot]) -> dict[str, object]:
+def report(tiled: TiledProgram, costs: list[StepCost], slots: list[Slot], peak: int) -> dict[str, object]:
     """More figures: MACs, the utilisation while the MXU streams or drains a GEMM, the vector unit's share of the
-    makespan, and the sequential model's figures (steps one after another) for comparison."""
+    makespan, the on-chip peak (`peak`, from `plan`) and the sequential model's figures (steps one after another)
+    for comparison."""
     arrays = tiled.engine.arrays
     stats = summarize(tiled, costs, slots)
     cycles = stats["cycles"]
@@ -172,6 +216,8 @@ def report(tiled: TiledProgram, costs: list[StepCost], slots: list[Slot]) -> dic
         "matmul_utilization": gemm_busy / (arrays * matmul_cycles) if matmul_cycles else 0.0,
         "vpu_share": stats["vpu_cycles"] / cycles if cycles else 0.0,
         "seconds": cycles / tiled.engine.clock_hz,
+        "on_chip_peak_bytes": peak,
+        "spills": peak > tiled.engine.on_chip_bytes,
         "sequential_cycles": sequential,
         "sequential_utilization": sum(c.busy for c in costs) / (arrays * sequential) if sequential else 0.0,
         "sequential_matmul_utilization": gemm_busy / (arrays * sequential_gemm) if sequential_gemm else 0.0,
