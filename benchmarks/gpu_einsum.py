@@ -152,6 +152,7 @@ def check_programs() -> list[tuple[str, Any, list[np.ndarray]]]:
     shapes = {"diagonal": ("ii->i", [(37, 37)]), "trace_product": ("ij,ji->", [(30, 41), (41, 30)]),
               "transposed_gemm": ("ki,jk->ji", [(130, 70), (90, 130)]), "reduction": ("ijk->j", [(20, 30, 16)]),
               "outer": ("i,j->ij", [(50,), (70,)]), "split_k": ("ij,jk->ik", [(64, 3000), (3000, 50)]),
+              "split_k_even": ("ij,jk->ik", [(64, 4096), (4096, 50)]),
               "interleaved": ("aib,bjc,ca->jic", [(4, 9, 5), (5, 7, 3), (3, 4)])}
     for name, (spec, operand_shapes) in shapes.items():
         p = einfold.Program(name)

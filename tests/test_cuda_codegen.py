@@ -100,21 +100,22 @@ def emulate(gpu: GpuProgram, cuda_source: str, inputs: list[np.ndarray], folder:
     source = source.replace('extern "C" { __device__ int einfold_error; }', "int einfold_error;")
     given = {**dict(zip(gpu.inputs, inputs)), **gpu.constants}
     lines = ["int main() {"]
+    c = {b.name: re.sub(r"\W", "_", b.name) for b in gpu.buffers}  # C names (TVM's split-K partials: "v0_gemm.rf")
     for b in gpu.buffers:
         nbytes = math.prod(b.shape) * np.dtype(b.dtype).itemsize
-        lines.append(f"  std::vector<unsigned char> {b.name}({nbytes} + 80);")
-        lines.append(f"  void* p_{b.name} = (void*)(((uintptr_t){b.name}.data() + 63) & ~uintptr_t(63));")
+        lines.append(f"  std::vector<unsigned char> {c[b.name]}({nbytes} + 80);")
+        lines.append(f"  void* p_{c[b.name]} = (void*)(((uintptr_t){c[b.name]}.data() + 63) & ~uintptr_t(63));")
         if b.name in given:
-            (folder / f"{b.name}.bin").write_bytes(np.ascontiguousarray(given[b.name]).tobytes())
-            lines.append(f'  {{ FILE* f = fopen("{folder}/{b.name}.bin", "rb"); '
-                         f"fread(p_{b.name}, 1, {nbytes}, f); fclose(f); }}")
+            (folder / f"{c[b.name]}.bin").write_bytes(np.ascontiguousarray(given[b.name]).tobytes())
+            lines.append(f'  {{ FILE* f = fopen("{folder}/{c[b.name]}.bin", "rb"); '
+                         f"fread(p_{c[b.name]}, 1, {nbytes}, f); fclose(f); }}")
     for launch in gpu.launches:
         assert launch.grid[1:] == (1, 1) and launch.block[1:] == (1, 1)
-        args = ", ".join(f"AnyPtr{{p_{name}}}" for name in launch.args)
+        args = ", ".join(f"AnyPtr{{p_{c[name]}}}" for name in launch.args)
         lines.append(f"  launch({launch.grid[0]}, {launch.block[0]}, [&] {{ {launch.kernel}({args}); }});")
     for name in gpu.outputs:
         nbytes = math.prod(gpu.buffer(name).shape) * np.dtype(gpu.buffer(name).dtype).itemsize
-        lines.append(f'  {{ FILE* f = fopen("{folder}/{name}.out", "wb"); fwrite(p_{name}, 1, {nbytes}, f); '
+        lines.append(f'  {{ FILE* f = fopen("{folder}/{c[name]}.out", "wb"); fwrite(p_{c[name]}, 1, {nbytes}, f); '
                      "fclose(f); }")
     if gpu.error_flag:
         lines.append('  printf("error %d\\n", einfold_error);')
@@ -125,7 +126,7 @@ def emulate(gpu: GpuProgram, cuda_source: str, inputs: list[np.ndarray], folder:
     assert build.returncode == 0, build.stderr[:3000]
     result = subprocess.run([str(folder / "emulated")], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    outputs = [np.fromfile(folder / f"{name}.out", dtype=gpu.buffer(name).dtype).reshape(gpu.buffer(name).shape)
+    outputs = [np.fromfile(folder / f"{c[name]}.out", dtype=gpu.buffer(name).dtype).reshape(gpu.buffer(name).shape)
                for name in gpu.outputs]
     return outputs, result.stdout
 
@@ -207,6 +208,16 @@ def test_batched_and_attention_gemms_compile(tmp_path):
     assert "from registers" in gemm.note and gemm.grid == (4 * 1 * 2, 1, 1)
     nvcc_ptx(batched.source("cuda"), tmp_path)
     nvcc_ptx(attention.source("cuda"), tmp_path)
+
+
+def test_few_output_tiles_and_a_long_k_split_k(tmp_path):
+    exe = compile_cuda("ijk,jr,kr->ir", shapes=[(512, 512, 512), (512, 64), (512, 64)])
+    notes = exe.stats()["cuda_kernels"]
+    assert any("k split 32 ways into partials" in note for note in notes)
+    assert any("sum of the 32 split-K partials in order" in note for note in notes)
+    nvcc_ptx(exe.source("cuda"), tmp_path)
+    square = compile_cuda("ij,jk->ik", shapes=[(1024, 1024), (1024, 1024)])  # enough tiles: no split
+    assert not any("split" in note for note in square.stats()["cuda_kernels"])
 
 
 def test_long_reduction_spreads_each_sum_over_a_block(tmp_path):
@@ -320,6 +331,8 @@ EMULATED = [
     ("ij,jk->ik", [(70, 50), (50, 90)], "bf16", 1e-2),
     ("ij,jk->ik", [(70, 50), (50, 90)], "f64", 1e-12),
     ("ij,jk->ik", [(70, 50), (50, 90)], "c64", 1e-5),
+    ("ijk,jr,kr->ir", [(40, 32, 64), (32, 24), (64, 24)], "f32", 1e-5),  # split k
+    ("bij,bjk->bik", [(2, 20, 1024), (2, 1024, 12)], "c64", 1e-5),  # split k, complex
 ]
 
 

@@ -90,8 +90,11 @@ def _vector_lanes(dtype: str, extent: int) -> int:
 def bind_flat(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> None:
     """One thread per iteration of the block's loops (fused): blockIdx.x x threadIdx.x."""
     loops = sch.get_loops(block)
-    if not loops:
-        loops = [sch.add_unit_loop(block)]
+    bind_flat_loops(sch, loops if loops else [sch.add_unit_loop(block)])
+
+
+def bind_flat_loops(sch: s_tir.Schedule, loops: list) -> None:
+    """One thread per iteration of these (adjacent, spatial) loops, fused: blockIdx.x x threadIdx.x."""
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     if _extent(sch, fused) <= THREADS:
         sch.bind(fused, "threadIdx.x")
@@ -101,22 +104,49 @@ def bind_flat(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> None:
     sch.bind(inner, "threadIdx.x")
 
 
-def schedule_gemm(sch: s_tir.Schedule, stage: Stage) -> set[str]:
-    """The tiled GEMM kernel; returns the name of the stage folded into its write-back, if any."""
+def k_splits(blocks: int, k: int, bk: int) -> int:
+    """Split-K: with fewer thread blocks than SMs and a long k, split k so that about two waves of blocks run (each
+    split at least 8 BK slices; the count divides k / BK, so no split needs bounds checks); 1 otherwise."""
+    if blocks >= SMS or k % bk:
+        return 1
+    slices = k // bk
+    splits = max(1, min(math.ceil(2 * SMS / blocks), slices // 8))
+    while slices % splits:
+        splits -= 1
+    return splits
+
+
+def schedule_gemm(sch: s_tir.Schedule, stage: Stage) -> tuple[set[str], str, int]:
+    """The tiled GEMM kernel; returns the name of the stage folded into its write-back (if any), the name of the
+    GEMM block (the stage's, or its partials' with split k) and the split-K count. Split k: `rfactor` gives a GEMM
+    block over [split, b, mo, no, mi, ni] partials (scheduled as below, the split joining the block index) and a
+    block summing them in order, one thread per output."""
     tiling = stage.tiling
     tile = BlockTile(tiling.mr, tiling.nr, tiling.nc)
     block = sch.get_sblock(stage.name)
+    loops = sch.get_loops(block)
+    blocks = math.prod(_extent(sch, loop) for loop in loops[:3])
+    splits = k_splits(blocks, _extent(sch, loops[-1]), tile.bk)
+    gemm_name = stage.name
+    if splits > 1:
+        sums = block
+        block = sch.rfactor(sch.split(loops[-1], [splits, None])[0], 0)
+        gemm_name = sch.get(block).name_hint
+        *head, split, k = sch.get_loops(block)
+    else:
+        head, split, k = loops[:-1], None, loops[-1]
     consumers = sch.get_consumers(block)
     if tiling.complex:
-        b, mo, no, mi, part, ni, k = sch.get_loops(block)
+        b, mo, no, mi, part, ni = head
     else:
-        (b, mo, no, mi, ni, k), part = sch.get_loops(block), None
+        (b, mo, no, mi, ni), part = head, None
     vy, ty, ti = sch.split(mi, [2, 16, tile.tm // 2])
     vx, tx, tj = sch.split(ni, [2, 16, tile.tn // 2])
     ko, ki = sch.split(k, [None, tile.bk])
     inner = [ti, part, tj] if part is not None else [ti, tj]
-    sch.reorder(b, mo, no, vy, vx, ty, tx, ko, ki, *inner)
-    sch.bind(sch.fuse(b, mo, no), "blockIdx.x")
+    outer = [split, b, mo, no] if split is not None else [b, mo, no]
+    sch.reorder(*outer, vy, vx, ty, tx, ko, ki, *inner)
+    sch.bind(sch.fuse(*outer), "blockIdx.x")
     sch.bind(vy, "vthread.y")
     sch.bind(vx, "vthread.x")
     threads = sch.fuse(ty, tx)
@@ -139,7 +169,10 @@ def schedule_gemm(sch: s_tir.Schedule, stage: Stage) -> set[str]:
     for loop in inner:
         sch.unroll(loop)
     sch.decompose_reduction(block, ko)
-    return _fold_consumer(sch, accumulators, consumers)
+    if splits == 1:
+        return _fold_consumer(sch, accumulators, consumers), gemm_name, 1
+    bind_flat_loops(sch, sch.get_loops(sums)[:-1])  # the innermost loop runs over the splits
+    return set(), gemm_name, splits
 
 
 def _cooperative_fetch(sch: s_tir.Schedule, shared: s_tir.schedule.SBlockRV, depth: int) -> None:
@@ -225,11 +258,14 @@ def schedule_graph(sch: s_tir.Schedule, graph: TEGraph, present: set[str],
                 taken, rules[stage.name] = tensorized
                 rules.update({name: f"written by {stage.name}" for name in taken})
                 continue
-            taken = schedule_gemm(sch, stage)
+            taken, gemm_block, splits = schedule_gemm(sch, stage)
             tile = stage.tiling
-            rules[stage.name] = (f"tiled GEMM {tile.mr}x{tile.nr}x{tile.nc}, shared-memory operand slices, "
+            rules[gemm_block] = (f"tiled GEMM {tile.mr}x{tile.nr}x{tile.nc}, shared-memory operand slices, "
                                  f"{tile.mr // 16}x{tile.nr // 16} register tile per thread"
-                                 + (f", writes {', '.join(taken)} from registers" if taken else ""))
+                                 + (f", writes {', '.join(taken)} from registers" if taken else "")
+                                 + (f", k split {splits} ways into partials" if splits > 1 else ""))
+            if splits > 1:
+                rules[stage.name] = f"sum of the {splits} split-K partials in order, one thread per output"
             for name in taken:
                 rules[name] = f"written by {stage.name}"
     for stage in graph.stages:
