@@ -22,14 +22,14 @@ def launches(exe: einfold.Executable) -> list:
 
 
 def test_bf16_gemm_uses_mma_ldmatrix_and_cp_async_and_assembles(tmp_path):
-    exe = compiled("ij,jk->ik", [(4096, 4096), (4096, 4096)], "bf16")
+    exe = compiled("ij,jk->ik", [(4096, 4096), (4096, 4096)], "bf16", arch="sm_80")  # sm_90 takes wgmma
     ptx = exe.source("ptx")
     assert "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32" in ptx
     assert "ldmatrix.sync.aligned.m8n8.x4.shared.b16" in ptx  # A is k-major: plain ldmatrix
     assert "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16" in ptx  # B is n-major: transposed
     assert "cp.async.cg.shared.global" in ptx and "cp.async.wait_group" in ptx and "cp.async.commit_group" in ptx
     assert "fma.rn.f32" not in ptx
-    ptxas(ptx, tmp_path)
+    ptxas(ptx, tmp_path, "sm_80")
     [launch] = launches(exe)
     assert launch.grid == (32, 16, 1) and launch.block == (256, 1, 1)  # 256x128 block tiles, 8 warps
     assert launch.shared_bytes == 3 * (256 + 128) * 32 * 2  # three k-tiles of A and B in flight
@@ -83,10 +83,10 @@ def test_transposed_layouts_swap_plain_and_transposing_ldmatrix(tmp_path):
 
 
 def test_batched_gemm_runs_one_grid_layer_per_batch(tmp_path):
-    exe = compiled("bij,bjk->bik", [(64, 512, 512), (64, 512, 512)], "bf16")
+    exe = compiled("bij,bjk->bik", [(64, 512, 512), (64, 512, 512)], "bf16", arch="sm_80")  # sm_90 takes wgmma
     [gemm] = launches(exe)
     assert gemm.grid == (4, 2, 64) and "64x512x512x512 bf16 on tensor cores" in gemm.note
-    ptxas(exe.source("ptx"), tmp_path)
+    ptxas(exe.source("ptx"), tmp_path, "sm_80")
 
 
 def test_strided_output_is_stored_in_place_and_a_split_group_through_a_temporary():

@@ -126,12 +126,16 @@ def tensor_core_gemm(owner: Any, note: str, extents: tuple[int, int, int, int], 
         a_name, a_strides = _pad(owner, a_name, in_sc, "a", extents, a_strides)
     if not aligned(b_strides, "b"):
         b_name, b_strides = _pad(owner, b_name, in_sc, "b", extents, b_strides)
-    tuning = {**MmaConfig.tuning(extents), **tuning}
+    from . import ptx_wgmma
+    hopper = ptx_wgmma.wgmma_tuning(extents) if owner.arch in ptx_wgmma.WGMMA_ARCHES and not tuning else None
+    tuning = {**(hopper or MmaConfig.tuning(extents)), **tuning}
     cfg = MmaConfig(batch, m, n, k, a_strides, b_strides, out[1], in_sc.dtype.name, out_sc.dtype.name, **tuning)
-    kernel = owner.kernel("mma_gemm", list(dict.fromkeys([a_name, b_name, out[0]])))
-    _emit(kernel, cfg, a_name, b_name, out[0])
+    kernel = owner.kernel("wgmma_gemm" if hopper else "mma_gemm", list(dict.fromkeys([a_name, b_name, out[0]])))
+    if hopper:
+        owner.arch = ptx_wgmma.WGMMA_TARGET  # wgmma is an sm_90a instruction: the whole module targets sm_90a
+    (ptx_wgmma.emit_wgmma if hopper else _emit)(kernel, cfg, a_name, b_name, out[0])
     kernel.finish()
-    description = f"{note} as GEMM {cfg.describe()}"
+    description = f"{note} as GEMM {ptx_wgmma.describe(cfg) if hopper else cfg.describe()}"
     owner.launches.append(Launch(kernel.name, cfg.grid, (cfg.threads, 1, 1), tuple(kernel.arg_names),
                                  cfg.shared_bytes, description))
     owner.notes.append(f"{kernel.name}: {description}")
@@ -334,25 +338,9 @@ def _emit(kernel: Any, cfg: MmaConfig, a_name: str, b_name: str, c_name: str) ->
     tile_a = _Tile(e, "a", cfg.m, cfg.bm, cfg.a_strides, 0)
     tile_b = _Tile(e, "b", cfg.n, cfg.bn, cfg.b_strides, cfg.bm * cfg.bk * 2)
 
-    # block -> output tile, walking group_m m-tiles at a time
-    tiles_n, tiles_m = cfg.grid[0], cfg.grid[1]
-    block = b.add(b.mul(b.trunc(kernel.special("ctaid.y"), I32), c32(tiles_n)), b.trunc(kernel.special("ctaid.x"), I32))
-    group = max(1, min(cfg.group_m, tiles_m))
-    first_m = b.mul(b.udiv(block, c32(group * tiles_n)), c32(group))
-    rows_in_group = b.sub(c32(tiles_m), first_m)
-    rows_in_group = b.select(b.icmp_signed("<", rows_in_group, c32(group)), rows_in_group, c32(group))
-    m_tile = b.add(first_m, b.urem(block, rows_in_group))
-    n_tile = b.udiv(b.urem(block, c32(group * tiles_n)), rows_in_group)
-    m0 = b.mul(b.zext(m_tile, I64), c64(cfg.bm))
-    n0 = b.mul(b.zext(n_tile, I64), c64(cfg.bn))
+    m0, n0 = block_origin(kernel, cfg)
     z = kernel.special("ctaid.z")
-    a_base, b_base = b.mul(z, c64(cfg.a_strides[0])), b.mul(z, c64(cfg.b_strides[0]))
-    a_pointer, b_pointer = kernel.pointer(a_name), kernel.pointer(b_name)
-
-    def load(k_tile: Any) -> None:
-        stage = b.mul(b.trunc(b.urem(k_tile, c64(cfg.stages)), I32), c32(cfg.stage_bytes))
-        tile_a.load(a_pointer, a_base, m0, k_tile, stage)
-        tile_b.load(b_pointer, b_base, n0, k_tile, stage)
+    load = stage_loader(kernel, cfg, (tile_a, tile_b), (a_name, b_name), (m0, n0), z)
 
     tiles = math.ceil(cfg.k / cfg.bk)
     for s in range(cfg.stages - 1):
@@ -405,6 +393,35 @@ def _emit(kernel: Any, cfg: MmaConfig, a_name: str, b_name: str, c_name: str) ->
         _staged_store(e, cfg, kernel, kernel.pointer(c_name), result, m0, n0, z)
     else:
         _store(e, cfg, kernel.pointer(c_name), result, m0, n0, z)
+
+
+def block_origin(kernel: Any, cfg: Any) -> tuple[Any, Any]:
+    """(m0, n0), the first row and column (i64) of this block's output tile: block (ctaid.y, ctaid.x) walks the
+    tiles group_m m-tiles at a time (neighbouring blocks share B tiles in L2)."""
+    b, c64, c32 = kernel.b, kernel.const, _Emitter.c32
+    tiles_n, tiles_m = cfg.grid[0], cfg.grid[1]
+    block = b.add(b.mul(b.trunc(kernel.special("ctaid.y"), I32), c32(tiles_n)), b.trunc(kernel.special("ctaid.x"), I32))
+    group = max(1, min(cfg.group_m, tiles_m))
+    first_m = b.mul(b.udiv(block, c32(group * tiles_n)), c32(group))
+    rows_in_group = b.sub(c32(tiles_m), first_m)
+    rows_in_group = b.select(b.icmp_signed("<", rows_in_group, c32(group)), rows_in_group, c32(group))
+    m_tile = b.add(first_m, b.urem(block, rows_in_group))
+    n_tile = b.udiv(b.urem(block, c32(group * tiles_n)), rows_in_group)
+    return b.mul(b.zext(m_tile, I64), c64(cfg.bm)), b.mul(b.zext(n_tile, I64), c64(cfg.bn))
+
+
+def stage_loader(kernel: Any, cfg: Any, tiles: tuple[_Tile, _Tile], names: tuple[str, str], origin: tuple[Any, Any],
+                 z: Any) -> Any:
+    """load(k_tile): cp.async k-tile `k_tile` (i64) of this block's A and B tiles into shared stage k_tile % stages."""
+    b, c64, c32 = kernel.b, kernel.const, _Emitter.c32
+    a_base, b_base = b.mul(z, c64(cfg.a_strides[0])), b.mul(z, c64(cfg.b_strides[0]))
+    pointers = kernel.pointer(names[0]), kernel.pointer(names[1])
+
+    def load(k_tile: Any) -> None:
+        stage = b.mul(b.trunc(b.urem(k_tile, c64(cfg.stages)), I32), c32(cfg.stage_bytes))
+        tiles[0].load(pointers[0], a_base, origin[0], k_tile, stage)
+        tiles[1].load(pointers[1], b_base, origin[1], k_tile, stage)
+    return load
 
 
 def _store(e: _Emitter, cfg: MmaConfig, pointer: Any, acc: list[Any], m0: Any, n0: Any, z: Any) -> None:
