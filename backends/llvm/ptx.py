@@ -9,6 +9,7 @@ nest per output element, and elementwise ops one thread per element.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -32,7 +33,7 @@ from ..cupy_runtime import Buffer, GpuProgram, GpuRunner, GpuUnavailable, Launch
 DESCRIPTION = "CUDA GPU code through LLVM's NVPTX backend (llvmlite): tiled shared-memory GEMM, loop-nest kernels; " \
               "runs through CuPy"
 TRIPLE = "nvptx64-nvidia-cuda"
-ARCHES = {"sm_80": "+ptx70", "sm_86": "+ptx71", "sm_89": "+ptx78", "sm_90": "+ptx80"}
+ARCHES = {"sm_80": "+ptx70", "sm_86": "+ptx71", "sm_89": "+ptx78", "sm_90": "+ptx80", "sm_90a": "+ptx80"}
 BLOCK = 256  # threads per block of every kernel
 SMS = 132  # streaming multiprocessors of an H100 SXM (H200: the same): the split-K heuristic fills them
 PAD = 4  # extra elements per shared-memory row (bank-conflict-free transposed stores, 16-byte aligned rows)
@@ -248,12 +249,15 @@ class PtxBuilder:
         for name in needs:
             text = text.replace(f'@"{name}"', f'@"{LIBDEVICE[name]}"')
         ptx = compile_ptx(text, self.arch, needs)
+        # the flag costs the runtime a fill and a read-back per call: only programs with a kernel that sets it have it
+        sets_errors = text.count(f'@"{ERROR_FLAG}"') > 1
         buffers = tuple(self.plan.buffers.values()) + tuple(self.extra_buffers)
         return GpuProgram(name=self.program.name, source_kind="ptx", source=ptx, buffers=buffers,
                           launches=tuple(self.launches),
                           inputs=tuple(self.plan.buffers[op.result].name for op in self.program.inputs),
-                          outputs=self.plan.outputs, constants=self.plan.constants, error_flag=ERROR_FLAG,
-                          error_messages=dict(ERROR_MESSAGES), arch=self.arch)
+                          outputs=self.plan.outputs, constants=self.plan.constants,
+                          error_flag=ERROR_FLAG if sets_errors else None,
+                          error_messages=dict(ERROR_MESSAGES) if sets_errors else {}, arch=self.arch)
 
     # ----- helpers ---------------------------------------------------------------------------------------------
     def scalar_of(self, value: str) -> Any:
@@ -562,7 +566,9 @@ class GpuKernel:
 @dataclass(frozen=True)
 class GemmConfig:
     """C[b, m, n] = sum_k A[b, m, k] B[b, k, n] with element strides per group; a BM x BN block tile per thread
-    block, BK deep, each thread a TM x TN register tile (two TM/2 x TN/2 quarters half a tile apart)."""
+    block, BK deep, each thread a TM x TN register tile (two TM/2 x TN/2 quarters half a tile apart). With
+    `stages` = 2 each operand has two shared-memory buffers: the next k-tile is stored into one while the other is
+    read, one barrier per k-tile; with 1, the tile is stored, read and waited for (two barriers)."""
 
     batch: int
     m: int
@@ -579,18 +585,42 @@ class GemmConfig:
     tm: int
     tn: int
     splits: int = 1  # split-K: this many blocks share one output tile, each summing a slice of k into a partial
+    stages: int = 1
+    min_blocks: int = 0  # launch bounds: blocks per SM ptxas must leave registers for (2: 128 a thread; 0: none)
+    warp_rows: int = 2  # a warp's threads form warp_rows x (32 / warp_rows) thread tiles of the block tile
+
+    def __post_init__(self) -> None:
+        threads = (self.bm // self.tm) * (self.bn // self.tn)
+        if threads != BLOCK or self.bm % self.tm or self.bn % self.tn or self.tm % 2 or self.tn % 2:
+            raise ValueError(f"GEMM tile {self.bm}x{self.bn} in {self.tm}x{self.tn} thread tiles needs {BLOCK} "
+                             f"threads, not {threads}")
+        if 32 % self.warp_rows or (self.bn // self.tn) % (32 // self.warp_rows):
+            raise ValueError(f"GEMM warps of {self.warp_rows} thread rows do not tile {self.bn // self.tn} columns")
+        if self.stages not in (1, 2):
+            raise ValueError(f"GEMM stages must be 1 or 2, not {self.stages}")
+        if self.shared_bytes > 48 * 1024:
+            raise ValueError(f"GEMM tiles {self.describe()} need {self.shared_bytes} bytes of shared memory "
+                             "(48 KiB at most)")
 
     @staticmethod
     def choose(extents: tuple[int, int, int, int], in_sc: Any, out_sc: Any, a: tuple, b: tuple,
                c: tuple) -> GemmConfig:
+        """The tile rule (from tile sweeps on an H100). f64: 64x64x8. f32: 128x128x16 tiles (8x8
+        a thread, warps of 4x8 threads) once they alone fill the SMs, under launch bounds of 2 blocks per SM (128
+        registers); a narrow side (n or m at most 64, the other over 64) gets 128x64 (64x128) tiles,
+        double-buffered, 3 blocks per SM; otherwise 64x64x16. Few blocks and a long k: split k (two waves)."""
         batch, m, n, k = extents
-        wide = in_sc.dtype.name == "f64"
-        big = 128 if not wide else 64
-        blocks = batch * math.ceil(m / big) * math.ceil(n / big)
-        if not wide and blocks >= 132 and min(m, n) >= 96:
-            tile = (128, 128, 8, 8, 8)
+        extra: dict[str, int] = {}
+        if in_sc.dtype.name == "f64":
+            tile = (64, 64, 8, 4, 4)
+        elif batch * math.ceil(m / 128) * math.ceil(n / 128) >= SMS and min(m, n) >= 96:
+            tile, extra = (128, 128, 16, 8, 8), {"min_blocks": 2, "warp_rows": 4}
+        elif n <= 64 < m:
+            tile, extra = (128, 64, 16, 8, 4), {"stages": 2, "min_blocks": 3}
+        elif m <= 64 < n:
+            tile, extra = (64, 128, 16, 4, 8), {"stages": 2, "min_blocks": 3}
         else:
-            tile = (64, 64, 16, 4, 4) if not wide else (64, 64, 8, 4, 4)
+            tile = (64, 64, 16, 4, 4)
         blocks = batch * math.ceil(m / tile[0]) * math.ceil(n / tile[1])
         tiles = math.ceil(k / tile[2])
         # Too few blocks to fill the GPU and a long k: split k so that about two waves of blocks run.
@@ -598,16 +628,33 @@ class GemmConfig:
         if splits > 1:
             c = (m * n, n, 1)  # each split writes its own [m, n] partial
         out_dtype = out_sc.dtype.name if splits == 1 else acc_dtype(in_sc.dtype.name)
-        return GemmConfig(batch, m, n, k, a, b, c, in_sc.dtype.name, out_dtype, *tile, splits)
+        return GemmConfig(batch, m, n, k, a, b, c, in_sc.dtype.name, out_dtype, *tile, splits, **extra)
 
     @property
     def grid(self) -> tuple[int, int, int]:
         return math.ceil(self.n / self.bn), math.ceil(self.m / self.bm), self.batch * self.splits
 
+    @property
+    def shared_bytes(self) -> int:
+        """Static shared memory of the operand tiles (rows padded by PAD elements)."""
+        size = 8 if self.in_dtype == "f64" else 4
+        return self.stages * self.bk * (self.bm + self.bn + 2 * PAD) * size
+
+    @property
+    def store_width(self) -> int:
+        """Output elements each store writes: up to 16 bytes of a thread's TN/2 adjacent columns at once when C is
+        f32/f64 with unit column stride and every such vector starts aligned, else 1."""
+        size = {"f32": 4, "f64": 8}.get(self.out_dtype)
+        if size is None or self.c_strides[2] != 1:
+            return 1
+        width = min(self.tn // 2, 16 // size)
+        aligned = self.n % width == 0 and all(s % width == 0 for s in self.c_strides[:2])
+        return width if aligned and (self.tn // 2) % width == 0 else 1
+
     def describe(self) -> str:
         split = f", k split {self.splits} ways" if self.splits > 1 else ""
         return (f"{self.batch}x{self.m}x{self.n}x{self.k} {self.in_dtype}, block tile {self.bm}x{self.bn}x{self.bk}, "
-                f"thread tile {self.tm}x{self.tn}{split}")
+                f"thread tile {self.tm}x{self.tn}, {self.stages} stage{'s' if self.stages > 1 else ''}{split}")
 
 
 def acc_dtype(in_dtype: str) -> str:
@@ -619,21 +666,22 @@ def emit_gemm(kernel: GpuKernel, cfg: GemmConfig, a_name: str, b_name: str, c_na
     from llvmlite import ir
 
     from .loops import loop_carry
-    from .ptx_mma import inside_tile
-    from .scalars import F32, F64, convert, intrinsic, scalar, store
+    from .scalars import F32, F64, intrinsic, scalar
 
     b = kernel.b
     c64 = kernel.const
     acc_type = F64 if cfg.in_dtype == "f64" else F32
     in_sc = scalar(dt.dtype(cfg.in_dtype))
-    out_sc = scalar(dt.dtype(cfg.out_dtype))
-    acc_sc = scalar(dt.float64 if cfg.in_dtype == "f64" else dt.float32)
     threads_x = cfg.bn // cfg.tn
     half_m, half_n = cfg.tm // 2, cfg.tn // 2
     module = kernel.owner.module
+    if cfg.min_blocks:  # launch bounds: BLOCK threads, min_blocks resident per SM cap the registers ptxas may use
+        i32 = ir.IntType(32)
+        module.add_named_metadata("nvvm.annotations", [kernel.function, "maxntidx", i32(BLOCK)])
+        module.add_named_metadata("nvvm.annotations", [kernel.function, "minctasm", i32(cfg.min_blocks)])
 
-    def shared(label: str, rows: int, cols: int) -> ir.GlobalVariable:
-        array = ir.ArrayType(acc_type, rows * cols)
+    def shared(label: str, size: int) -> ir.GlobalVariable:
+        array = ir.ArrayType(acc_type, size)
         variable = ir.GlobalVariable(module, array, f"{kernel.name}_{label}", addrspace=3)
         variable.linkage = "internal"
         variable.initializer = ir.Constant(array, ir.Undefined)
@@ -641,7 +689,8 @@ def emit_gemm(kernel: GpuKernel, cfg: GemmConfig, a_name: str, b_name: str, c_na
         return variable
 
     pitch_a, pitch_b = cfg.bm + PAD, cfg.bn + PAD
-    tile_a, tile_b = shared("a", cfg.bk, pitch_a), shared("b", cfg.bk, pitch_b)
+    buffer_a, buffer_b = cfg.bk * pitch_a, cfg.bk * pitch_b  # elements of one stage of each operand
+    tile_a, tile_b = shared("a", cfg.stages * buffer_a), shared("b", cfg.stages * buffer_b)
     tid = kernel.special("tid.x")
     col_block = b.mul(kernel.special("ctaid.x"), c64(cfg.bn))
     row_block = b.mul(kernel.special("ctaid.y"), c64(cfg.bm))
@@ -664,62 +713,106 @@ def emit_gemm(kernel: GpuKernel, cfg: GemmConfig, a_name: str, b_name: str, c_na
                     check_k),
     ]
     fma = intrinsic(module, "llvm.fma", acc_type, 3)
-    ty, tx = b.udiv(tid, c64(threads_x)), b.urem(tid, c64(threads_x))
+    # thread (ty, tx) of the block's grid of thread tiles; warp w covers rows and columns of it as warp_rows x cols
+    warp_cols = 32 // cfg.warp_rows
+    warp, lane = b.udiv(tid, c64(32)), b.urem(tid, c64(32))
+    warps_x = threads_x // warp_cols
+    ty = b.add(b.mul(b.udiv(warp, c64(warps_x)), c64(cfg.warp_rows)), b.udiv(lane, c64(warp_cols)))
+    tx = b.add(b.mul(b.urem(warp, c64(warps_x)), c64(warp_cols)), b.urem(lane, c64(warp_cols)))
     row_starts = [b.mul(ty, c64(half_m)), b.add(b.mul(ty, c64(half_m)), c64(cfg.bm // 2))]
     col_starts = [b.mul(tx, c64(half_n)), b.add(b.mul(tx, c64(half_n)), c64(cfg.bn // 2))]
     first_tile = b.mul(split, c64(per_split))
-    prefetched = [value for loader in loaders for value in loader.load(b.mul(first_tile, c64(cfg.bk)))]
-    zero_acc = ir.Constant(acc_type, 0.0)
-    state = [zero_acc] * (cfg.tm * cfg.tn) + prefetched
-    with loop_carry(b, 0, per_split, state, name="ktile") as (t, carried, following):
-        accumulators = carried[:cfg.tm * cfg.tn]
-        registers = carried[cfg.tm * cfg.tn:]
-        split = len(loaders[0].slots)
-        loaders[0].store(registers[:split])
-        loaders[1].store(registers[split:])
-        kernel.barrier()
-        next_tile = b.add(t, c64(1))
-        # past the last tile: reload the first (its loads are in bounds; the values go unused)
-        next_k = b.mul(b.add(first_tile, b.select(b.icmp_signed("<", next_tile, c64(per_split)), next_tile, c64(0))),
-                       c64(cfg.bk))
-        fetched = [value for loader in loaders for value in loader.load(next_k)]
-        acc = list(accumulators)
+    split_a = len(loaders[0].slots)
+
+    def store_tiles(values: list[Any], stage: Any) -> None:
+        loaders[0].store(values[:split_a], b.mul(stage, c64(buffer_a)))
+        loaders[1].store(values[split_a:], b.mul(stage, c64(buffer_b)))
+
+    def load_following(t: Any) -> list[Any]:
+        """The registers of k-tile t + 1 of this split (past its last tile: its first again, in bounds, unused)."""
+        following = b.add(t, c64(1))
+        tile = b.add(first_tile, b.select(b.icmp_signed("<", following, c64(per_split)), following, c64(0)))
+        return [value for loader in loaders for value in loader.load(b.mul(tile, c64(cfg.bk)))]
+
+    def multiply(acc: list[Any], stage: Any) -> list[Any]:
+        acc = list(acc)
+        a_stage, b_stage = b.mul(stage, c64(buffer_a)), b.mul(stage, c64(buffer_b))
         for kk in range(cfg.bk):
-            a_values = _shared_vectors(b, tile_a, kk * pitch_a, row_starts, half_m, acc_type)
-            b_values = _shared_vectors(b, tile_b, kk * pitch_b, col_starts, half_n, acc_type)
+            a_values = _shared_vectors(b, tile_a, b.add(a_stage, c64(kk * pitch_a)), row_starts, half_m, acc_type)
+            b_values = _shared_vectors(b, tile_b, b.add(b_stage, c64(kk * pitch_b)), col_starts, half_n, acc_type)
             for i, x in enumerate(a_values):
                 for j, y in enumerate(b_values):
                     acc[i * cfg.tn + j] = b.call(fma, [x, y, acc[i * cfg.tn + j]])
-        kernel.barrier()
-        following.extend(acc + fetched)
-    accumulators = state[:cfg.tm * cfg.tn]
+        return acc
 
-    c_pointer = kernel.pointer(c_name)
+    prefetched = [value for loader in loaders for value in loader.load(b.mul(first_tile, c64(cfg.bk)))]
+    zero_acc = ir.Constant(acc_type, 0.0)
+    if cfg.stages == 2:
+        store_tiles(prefetched, c64(0))
+        kernel.barrier()
+        state = [zero_acc] * (cfg.tm * cfg.tn)
+        with loop_carry(b, 0, per_split, state, name="ktile") as (t, accumulators, following):
+            stage = b.and_(t, c64(1))
+            fetched = load_following(t)
+            acc = multiply(accumulators, stage)
+            store_tiles(fetched, b.xor(stage, c64(1)))
+            kernel.barrier()
+            following.extend(acc)
+    else:
+        state = [zero_acc] * (cfg.tm * cfg.tn) + prefetched
+        with loop_carry(b, 0, per_split, state, name="ktile") as (t, carried, following):
+            store_tiles(carried[cfg.tm * cfg.tn:], c64(0))
+            kernel.barrier()
+            fetched = load_following(t)
+            acc = multiply(carried[:cfg.tm * cfg.tn], c64(0))
+            kernel.barrier()
+            following.extend(acc + fetched)
+    _store_c(kernel, cfg, kernel.pointer(c_name), state[:cfg.tm * cfg.tn], (c_base, row_block, col_block),
+             row_starts, col_starts)
+
+
+def _store_c(kernel: GpuKernel, cfg: GemmConfig, pointer: Any, accumulators: list[Any], bases: tuple[Any, Any, Any],
+             row_starts: list[Any], col_starts: list[Any]) -> None:
+    """Each thread writes its TM x TN accumulators, `cfg.store_width` adjacent columns per store."""
+    from llvmlite import ir
+
+    from .ptx_mma import inside_tile
+    from .scalars import I32, convert, scalar, store
+    b, c64 = kernel.b, kernel.const
+    c_base, row_block, col_block = bases
+    acc_sc = scalar(dt.float64 if cfg.in_dtype == "f64" else dt.float32)
+    out_sc = scalar(dt.dtype(cfg.out_dtype))
+    half_m, half_n = cfg.tm // 2, cfg.tn // 2
+    width = cfg.store_width
     for i in range(cfg.tm):
         row = b.add(row_block, b.add(row_starts[i // half_m], c64(i % half_m)))
         row_offset = b.add(c_base, b.mul(row, c64(cfg.c_strides[1])))
-        for j in range(cfg.tn):
+        for j in range(0, cfg.tn, width):
             col = b.add(col_block, b.add(col_starts[j // half_n], c64(j % half_n)))
-            value = accumulators[i * cfg.tn + j]
-            value = convert(b, value, acc_sc, out_sc) if acc_sc != out_sc else value
+            values = [accumulators[i * cfg.tn + j + lane] for lane in range(width)]
+            values = [convert(b, v, acc_sc, out_sc) if acc_sc != out_sc else v for v in values]
             offset = b.add(row_offset, b.mul(col, c64(cfg.c_strides[2])))
-            inside = inside_tile(b, c64, cfg, row, col)
-            if inside is None:
-                store(b, value, c_pointer, out_sc, offset)
-            else:
-                with b.if_then(inside):
-                    store(b, value, c_pointer, out_sc, offset)
+            inside = inside_tile(b, c64, cfg, row, col)  # with n % width == 0 the whole vector is in or out
+            with b.if_then(inside) if inside is not None else contextlib.nullcontext():
+                if width == 1:
+                    store(b, values[0], pointer, out_sc, offset)
+                else:
+                    vector = ir.Constant(ir.VectorType(out_sc.element, width), None)
+                    for lane, value in enumerate(values):
+                        vector = b.insert_element(vector, value, ir.Constant(I32, lane))
+                    address = b.gep(pointer, [offset], inbounds=True, source_etype=out_sc.element)
+                    b.store(vector, address, align=width * (8 if cfg.out_dtype == "f64" else 4))
 
 
-def _shared_vectors(b: Any, tile: Any, row_offset: int, starts: list[Any], width: int, acc_type: Any) -> list[Any]:
-    """The `width` consecutive shared-memory values at each start (vector loads), as scalars."""
+def _shared_vectors(b: Any, tile: Any, row_offset: Any, starts: list[Any], width: int, acc_type: Any) -> list[Any]:
+    """The `width` consecutive shared-memory values at each start + `row_offset` (vector loads), as scalars."""
     from llvmlite import ir
 
     from .scalars import I32
     vector = ir.VectorType(acc_type, width)
     values = []
     for start in starts:
-        index = b.trunc(b.add(start, ir.Constant(start.type, row_offset)), I32)
+        index = b.trunc(b.add(start, row_offset), I32)
         address = b.bitcast(b.gep(tile, [ir.Constant(I32, 0), index], inbounds=True), vector.as_pointer(3))
         loaded = b.load(address, align=width * (8 if str(acc_type) == "double" else 4))
         values.extend(b.extract_element(loaded, ir.Constant(I32, lane)) for lane in range(width))
@@ -729,7 +822,8 @@ def _shared_vectors(b: Any, tile: Any, row_offset: int, starts: list[Any], width
 class _TileLoader:
     """Moves one operand tile (BK deep along k, `block` wide along x = m or n) from global memory into registers
     (`load`) and from there into shared memory laid out [k][x] (`store`). Threads walk the dimension of unit stride
-    so that a warp reads consecutive addresses; f32 operands read 4 elements at once where alignment allows."""
+    so that a warp reads consecutive addresses; f32 operands read 4 (or 2) elements at once where alignment and the
+    tile's split among the threads allow."""
 
     def __init__(self, kernel: GpuKernel, pointer: Any, sc: Any, base: tuple[Any, int], x_block: Any,
                  x: tuple[int, int, int], k: tuple[int, int, int], tile: tuple[Any, int], tid: Any, check_k: bool):
@@ -744,10 +838,14 @@ class _TileLoader:
         self.fast = "x" if x_stride == 1 or (k_stride != 1 and abs(x_stride) <= abs(k_stride)) else "k"
         fast_stride, fast_extent, slow_stride = ((x_stride, self.x_extent, k_stride) if self.fast == "x"
                                                  else (k_stride, self.k_extent, x_stride))
-        aligned = fast_extent % 4 == 0 and slow_stride % 4 == 0 and batch_stride % 4 == 0
-        self.width = 4 if sc.dtype.name == "f32" and fast_stride == 1 and aligned else 1
         block, depth = self.block, self.depth
         fast_block = block if self.fast == "x" else depth
+        widths = [width for width in (4, 2) if sc.dtype.name == "f32" and fast_stride == 1
+                  and all(extent % width == 0 for extent in (fast_extent, slow_stride, batch_stride, fast_block))
+                  and (block * depth) % (width * BLOCK) == 0]
+        self.width = widths[0] if widths else 1
+        if (block * depth) % (self.width * BLOCK):
+            raise ValueError(f"a {block}x{depth} GEMM tile does not split into loads of {BLOCK} threads")
         per_row = fast_block // self.width
         b, c64 = kernel.b, kernel.const
         self.slots = []  # per load: (x, kk) of its first element, thread-dependent
@@ -785,7 +883,8 @@ class _TileLoader:
             values.append(b.select(inside, value, zero) if inside is not None else value)
         return values
 
-    def store(self, values: list[Any]) -> None:
+    def store(self, values: list[Any], stage_offset: Any) -> None:
+        """Write the loaded registers into the shared tile starting `stage_offset` elements in."""
         from llvmlite import ir
 
         from .scalars import I32
@@ -796,6 +895,6 @@ class _TileLoader:
                 if self.width > 1 else [value]
             for lane, part in enumerate(lanes):
                 lx, lk = (b.add(x, c64(lane)), kk) if self.fast == "x" else (x, b.add(kk, c64(lane)))
-                index = b.trunc(b.add(b.mul(lk, c64(self.pitch)), lx), I32)
+                index = b.trunc(b.add(stage_offset, b.add(b.mul(lk, c64(self.pitch)), lx)), I32)
                 b.store(part, b.gep(self.tile, [zero32, index], inbounds=True))
 
