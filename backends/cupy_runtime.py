@@ -160,6 +160,9 @@ class GpuRunner:
         self._kernels: dict[str, Any] | None = None
         self._arrays: dict[str, Any] = {}
         self._cupy: Any = None
+        self._flag: Any = None
+        self._aliases: list[tuple[str, str, tuple[int, ...]]] = []
+        self._inputs: list[tuple[str, tuple[int, ...], str]] = []
 
     def _prepare(self) -> None:
         if self._kernels is not None:
@@ -195,34 +198,32 @@ class GpuRunner:
         self._module = module
         self._kernels = kernels
         self._cupy = cupy
+        # the flag starts at 0 (its initializer) and is put back to 0 whenever a call finds it set
+        self._flag = cupy.ndarray((1,), cupy.int32, module.get_global(program.error_flag)) \
+            if program.error_flag else None
+        self._aliases = [(b.name, b.alias, b.shape) for b in program.buffers if b.alias is not None]
+        self._inputs = [(name, program.buffer(name).shape, program.buffer(name).dtype) for name in program.inputs]
 
     def run_device(self, inputs: list[Any]) -> list[Any]:
         """Run on device arrays (CuPy, storage dtypes, C-contiguous); returns the output device arrays."""
         self._prepare()
-        cupy = self._cupy
         program = self.program
         arrays = dict(self._arrays)
         if len(inputs) != len(program.inputs):
             raise ValueError(f"{program.name}: expected {len(program.inputs)} input(s), got {len(inputs)}")
-        for name, value in zip(program.inputs, inputs):
-            buffer = program.buffer(name)
-            if tuple(value.shape) != buffer.shape or str(value.dtype) != buffer.dtype:
-                raise ValueError(f"input {name}: expected {buffer.dtype}{list(buffer.shape)}, "
-                                 f"got {value.dtype}{list(value.shape)}")
-            arrays[name] = cupy.ascontiguousarray(value)
-        for buffer in program.buffers:
-            if buffer.alias is not None:
-                arrays[buffer.name] = arrays[buffer.alias].reshape(buffer.shape)
-        if program.error_flag:
-            flag = self._module.get_global(program.error_flag)
-            flag_array = cupy.ndarray((1,), cupy.int32, flag)
-            flag_array.fill(0)
+        for (name, shape, dtype), value in zip(self._inputs, inputs):
+            if tuple(value.shape) != shape or str(value.dtype) != dtype:
+                raise ValueError(f"input {name}: expected {dtype}{list(shape)}, got {value.dtype}{list(value.shape)}")
+            arrays[name] = self._cupy.ascontiguousarray(value)
+        for name, alias, shape in self._aliases:
+            arrays[name] = arrays[alias].reshape(shape)
         for launch in program.launches:
             self._kernels[launch.kernel](launch.grid, launch.block, tuple(arrays[a] for a in launch.args),
                                          shared_mem=launch.shared_bytes)
-        if program.error_flag:
-            code = int(flag_array.get()[0])
+        if self._flag is not None:
+            code = int(self._flag.get()[0])
             if code:
+                self._flag.fill(0)
                 raise ArithmeticError(program.error_messages.get(code, f"error code {code}"))
         return [arrays[name] for name in program.outputs]
 

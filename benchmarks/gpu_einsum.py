@@ -166,6 +166,10 @@ def check_programs() -> list[tuple[str, Any, list[np.ndarray]]]:
     p.set_outputs(p.cast(r, "f16"), x, r, r)
     programs.append(("layout_ops", p, [uniform(6, 8), uniform(8)]))
 
+    p = einfold.Program("divide_i32")  # a kernel that can set the error flag (tests/test_gpu_run.py divides by 0)
+    p.set_outputs(p.div(p.input("a", (5,), "i32"), p.input("b", (5,), "i32")))
+    programs.append(("divide_i32", p, [np.array([7, -7, 3, 4, 5], np.int32), np.array([2, 2, 1, 3, 5], np.int32)]))
+
     tensor_core = {"transposed_gemm_bf16": ("ki,jk->ij", [(136, 72), (40, 136)], "bf16"),
                    "batched_gemm_f16": ("bij,bkj->bik", [(3, 100, 72), (3, 60, 72)], "f16")}
     for name, (spec, operand_shapes, dtype) in tensor_core.items():

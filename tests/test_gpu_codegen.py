@@ -113,6 +113,16 @@ def test_cli_emit_ptx_prints_the_module():
     assert result.stdout.lstrip().startswith("//") and ".version" in result.stdout and ".entry" in result.stdout
 
 
+def test_only_programs_whose_kernels_can_fail_carry_an_error_flag():
+    gemm = einfold.compile("ij,jk->ik", shapes=[(64, 64), (64, 64)], target="ptx").gpu_program()
+    assert gemm.error_flag is None and not gemm.error_messages
+    p = einfold.Program("divide")
+    p.set_outputs(p.div(p.input("a", (5,), "i32"), p.input("b", (5,), "i32")))
+    divide = einfold.compile(p, target="ptx").gpu_program()
+    assert divide.error_flag == "einfold_error" and "st.global.b32 \t[einfold_error], 1;" in divide.source
+    assert "integer division by zero" in divide.error_messages.values()
+
+
 def test_long_k_with_few_output_tiles_splits_k_and_sums_partials(tmp_path):
     exe = einfold.compile("ij,jk->ik", shapes=[(64, 3000), (3000, 50)], target="ptx")
     gemm, total = exe.gpu_program().launches

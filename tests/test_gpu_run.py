@@ -77,3 +77,16 @@ def test_runner_rejects_wrong_input_shape() -> None:
     import cupy
     with pytest.raises(ValueError, match="expected"):
         runner.run_device([cupy.zeros((1,), dtype=cupy.float32)])
+
+
+def test_division_by_zero_raises_and_the_next_call_runs_clean() -> None:
+    _require_bundle(MANIFEST)
+    entry = next(entry for entry in MANIFEST["checks"] if entry["name"] == "divide_i32")
+    with np.load(BUNDLE / entry["io"]) as io:
+        a, b, want = io["in0"], io["in1"], io["out0"]
+    assert set(entry["programs"]) == set(MANIFEST["targets"])
+    for info in entry["programs"].values():
+        runner = runtime.GpuRunner(runtime.GpuProgram.load(BUNDLE / info["file"]))
+        with pytest.raises(ArithmeticError, match="integer division by zero"):
+            runner([a, np.array([2, 0, 1, 3, 5], np.int32)])
+        np.testing.assert_array_equal(runner([a, b])[0], want)
