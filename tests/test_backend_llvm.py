@@ -333,7 +333,8 @@ def test_double_to_half_rounds_once():
     x = p.input("x", data.shape, "f64")
     p.set_outputs(p.cast(x, "f16"), p.cast(x, "bf16"))
     half, brain = einfold.compile(p, target="llvm")(data)
-    np.testing.assert_array_equal(half, data.astype(np.float16))
+    with np.errstate(over="ignore"):  # 70000 overflows to inf on purpose
+        np.testing.assert_array_equal(half, data.astype(np.float16))
     np.testing.assert_array_equal(brain.view(np.uint16), data.astype(ml_dtypes.bfloat16).view(np.uint16))
 
 
