@@ -5,7 +5,9 @@ Goto/BLIS loop order per batch: n-blocks (NC) > k-blocks (KC, pack B into NR-wid
 into MR-high panels) > an MR x NR register-blocked micro-kernel of vector FMAs (6x16 f32 / 6x8 f64 on AVX2).
 Threads split the batch, or else the longer of rows (whole MR panels) and columns (whole NR panels); each thread
 packs into its own workspace. With few columns (n <= DIRECT_A_MAX_N) and A contiguous along k, the micro-kernel
-reads A in place: packing would cost about as much as the product."""
+reads A in place: packing would cost about as much as the product. Packing B copies a vector per row where a panel's
+columns are consecutive (through a stride or an offset table), else transposes lanes x lanes blocks in registers where
+B's k runs are consecutive; column-major A is packed k-outside. The micro-kernel prefetches its C tile for writing."""
 
 from __future__ import annotations
 
@@ -68,16 +70,30 @@ def _round_up(x: int, step: int) -> int:
 
 @dataclass(frozen=True)
 class IndexMap:
-    """Element offset of a flattened label group inside one tensor: `flat * stride`, or a table lookup."""
+    """Element offset of a flattened label group inside one tensor: `flat * stride`, or a table lookup. A table
+    map steps by `run_stride` inside each aligned run of `run` flat indices (its innermost label)."""
 
     stride: int | None
     table: ir.GlobalVariable | None
+    run: int = 0
+    run_stride: int = 0
 
     def offset(self, b: ir.IRBuilder, flat: ir.Value) -> ir.Value:
         if self.table is None:
             return b.mul(flat, const(self.stride)) if self.stride != 1 else flat
         address = b.gep(self.table, [const(0), flat], inbounds=True, source_etype=self.table.value_type)
         return b.load(address, typ=I64)
+
+    def may_be_consecutive(self, count: int) -> bool:
+        """Whether `count` flat indices can ever sit at consecutive elements (see `consecutive`)."""
+        return self.stride == 1 or (self.table is not None and self.run_stride == 1 and self.run >= count)
+
+    def consecutive(self, b: ir.IRBuilder, first: ir.Value, count: int) -> ir.Value:
+        """i1: whether flat indices first .. first + count - 1 lie at consecutive elements."""
+        if self.table is None or not self.may_be_consecutive(count):
+            return ir.Constant(ir.IntType(1), int(self.may_be_consecutive(count)))
+        end = b.add(b.srem(first, const(self.run)), const(count))
+        return b.icmp_signed("<=", end, const(self.run))
 
 
 def index_map(module: ir.Module, name: str, group: str, strides: dict[str, int], sizes: dict[str, int]) -> IndexMap:
@@ -94,7 +110,7 @@ def index_map(module: ir.Module, name: str, group: str, strides: dict[str, int],
     table.global_constant = True
     table.linkage = "internal"
     table.initializer = ir.Constant(array_type, offsets)
-    return IndexMap(None, table)
+    return IndexMap(None, table, sizes[labels[-1]], strides[labels[-1]])
 
 
 def oriented(spec: EinsumSpec, shapes: list[tuple[int, ...]]) -> tuple[bool, GemmView]:
@@ -135,7 +151,7 @@ def emit_gemm(mb: ModuleBuilder, op: Op, spec: EinsumSpec, shapes: list[tuple[in
     gemm = _Gemm(mb, sc, plan, maps, view.extent(batch), view.extent(m_group), view.extent(n_group),
                  view.extent(k_group))
     gemm.emit([mb.plan.value_slot[a_name], mb.plan.value_slot[b_name], mb.plan.value_slot[op.result]])
-    return plan.describe() + f", threads split {gemm.split}" + (", A read in place" if gemm.direct_a else "")
+    return plan.describe() + f", threads split {gemm.split}, " + gemm.packing()
 
 
 class _Gemm:
@@ -146,13 +162,30 @@ class _Gemm:
         self.element = sc.compute
         self.vector = ir.VectorType(self.element, plan.lanes)
         self.is_float = sc.kind == "float"
-        size = 4 if str(self.element) in ("float", "i32") else 8
+        size = self.element_bytes = 4 if str(self.element) in ("float", "i32") else 8
         self.a_bytes = _round_up(plan.mc * plan.kc * size, 64)
         self.b_bytes = _round_up(plan.kc * plan.nc * size, 64)
         self.workspace_bytes = self.a_bytes + self.b_bytes + _round_up(plan.mr * plan.nr * size, 64)
         a_rows, a_depth = maps["a", "m"], maps["a", "k"]
         self.direct_a = n <= DIRECT_A_MAX_N and a_depth.stride == 1 and a_rows.table is None
         self.split = _thread_split(batch, m, n, plan, mb.options["threads"])
+
+    def packing(self) -> str:
+        """How the operands reach the micro-kernel (the fastest copy each may use; chosen per panel at run time)."""
+        lanes = self.plan.lanes
+        blocks = f"{lanes}x{lanes} transposed blocks"
+        a_m, a_k, b_k, b_n = self.maps["a", "m"], self.maps["a", "k"], self.maps["b", "k"], self.maps["b", "n"]
+        if self.direct_a:
+            a = "A read in place"
+        elif a_m.table is None and a_k.table is None and a_m.stride < a_k.stride:
+            a = "A packed by columns"
+        else:
+            a = "A packed by rows"
+        if b_n.may_be_consecutive(self.plan.nr):
+            b = "B packed by vector rows"
+        else:
+            b = "B packed in " + (blocks if b_k.may_be_consecutive(lanes) else "elements")
+        return f"{a}, {b}"
 
     # ----- helpers ------------------------------------------------------------------------------------------
     def element_at(self, b: ir.IRBuilder, base: ir.Value, index: ir.Value) -> ir.Value:
@@ -248,6 +281,12 @@ class _Gemm:
                                     micro_tile(jr, ir_)
         mb.steps.append(kernel.finish())
 
+    def prefetch(self) -> ir.Function:
+        """`llvm.prefetch(address, write, locality, data)`."""
+        module = self.mb.module
+        return module.globals.get("llvm.prefetch.p0") or ir.Function(
+            module, ir.FunctionType(ir.VoidType(), [PTR, *[ir.IntType(32)] * 3]), "llvm.prefetch.p0")
+
     def _function(self, name: str, arg_types: list[ir.Type]) -> tuple[ir.Function, ir.IRBuilder]:
         function = ir.Function(self.mb.module, ir.FunctionType(ir.VoidType(), arg_types),
                                f"{self.mb.kernel_prefix()}.{name}")
@@ -256,89 +295,143 @@ class _Gemm:
         return function, ir.IRBuilder(function.append_basic_block("entry"))
 
     def pack_a_function(self) -> ir.Function:
-        """Ap[panel][p][i] = A[row = ic + panel*MR + i, pc + p], zero past the block's rows. Along A's shorter
-        stride: rows inside when A is column-major (reading the last valid row again past the edge)."""
+        """Ap[panel][p][i] = A[row = ic + panel*MR + i, pc + p], zero past the block's rows. Full panels are read
+        along A's shorter stride: column-major A a column of the block per p (all panels), row-major A row by
+        row; the edge panel repeats its last valid row."""
         plan = self.plan
         function, b = self._function("pack_a", [PTR, PTR, I64, I64, I64, I64])
         packed, base, ic, mc, pc, kc = function.args
         m_map, k_map = self.maps["a", "m"], self.maps["a", "k"]
         rows_inner = m_map.table is None and k_map.table is None and m_map.stride < k_map.stride
-        with for_range(b, 0, mc, step=plan.mr, name="panel") as panel:
+        full_rows = b.mul(b.sdiv(mc, const(plan.mr)), const(plan.mr))
+        if rows_inner:  # k outside: each column of the block is read once, in order (A's columns may alias in L1)
+            with for_range(b, 0, kc, name="p") as p:
+                column = k_map.offset(b, b.add(pc, p))
+                with for_range(b, 0, full_rows, step=plan.mr, name="panel") as panel:
+                    first = b.add(m_map.offset(b, b.add(ic, panel)), column)
+                    destination = b.add(b.mul(panel, kc), b.mul(p, const(plan.mr)))
+                    ahead = self.element_at(b, base, b.add(first, m_map.offset(b, mc)))  # the next block's rows
+                    b.call(self.prefetch(), [ahead, *[ir.Constant(ir.IntType(32), v) for v in (0, 3, 1)]])
+                    for i in range(plan.mr):
+                        value = b.load(self.element_at(b, base, b.add(first, const(i * m_map.stride))),
+                                       typ=self.element)
+                        b.store(value, self.element_at(b, packed, b.add(destination, const(i))))
+        with for_range(b, full_rows if rows_inner else const(0), mc, step=plan.mr, name="panel") as panel:
             rows = _min(b, const(plan.mr), b.sub(mc, panel))
             panel_base = b.mul(panel, kc)
-            if rows_inner:
-                with for_range(b, 0, kc, name="p") as p:
-                    column = k_map.offset(b, b.add(pc, p))
-                    for i in range(plan.mr):
-                        row = b.add(ic, b.add(panel, _min(b, const(i), b.sub(rows, const(1)))))
-                        value = b.load(self.element_at(b, base, b.add(m_map.offset(b, row), column)), typ=self.element)
-                        value = b.select(b.icmp_signed("<", const(i), rows), value, self.zero(self.element))
-                        destination = b.add(panel_base, b.add(b.mul(p, const(plan.mr)), const(i)))
-                        b.store(value, self.element_at(b, packed, destination))
-            else:
-                self._pack_a_along_rows(b, packed, base, ic, pc, kc, panel, rows, panel_base)
+            with b.if_else(b.icmp_signed("==", rows, const(plan.mr))) as (full, edge):
+                with full:
+                    row_offsets = [m_map.offset(b, b.add(ic, b.add(panel, const(i)))) for i in range(plan.mr)]
+                    self._pack_a_rows(b, packed, base, pc, kc, panel_base, row_offsets)
+                with edge:
+                    last = b.sub(rows, const(1))
+                    row_offsets = [m_map.offset(b, b.add(ic, b.add(panel, _min(b, const(i), last))))
+                                   for i in range(plan.mr)]
+                    with for_range(b, 0, kc, name="p") as p:
+                        column = k_map.offset(b, b.add(pc, p))
+                        for i, row_offset in enumerate(row_offsets):
+                            value = b.load(self.element_at(b, base, b.add(row_offset, column)), typ=self.element)
+                            value = b.select(b.icmp_signed("<", const(i), rows), value, self.zero(self.element))
+                            destination = b.add(panel_base, b.add(b.mul(p, const(plan.mr)), const(i)))
+                            b.store(value, self.element_at(b, packed, destination))
         b.ret_void()
         return function
 
-    def _pack_a_along_rows(self, b: ir.IRBuilder, packed: ir.Value, base: ir.Value, ic: ir.Value, pc: ir.Value,
-                           kc: ir.Value, panel: ir.Value, rows: ir.Value, panel_base: ir.Value) -> None:
-        """One panel of `pack_a`, row by row along k (zero rows past the edge)."""
-        plan = self.plan
-        m_map, k_map = self.maps["a", "m"], self.maps["a", "k"]
-        with for_range(b, 0, plan.mr, name="i") as i:
-            destination_row = b.add(panel_base, i)
-            with b.if_else(b.icmp_signed("<", i, rows)) as (valid, padding):
-                with valid:
-                    row_offset = m_map.offset(b, b.add(ic, b.add(panel, i)))
-                    with for_range(b, 0, kc, name="p") as p:
-                        value = b.load(self.element_at(b, base, b.add(row_offset, k_map.offset(b, b.add(pc, p)))),
-                                       typ=self.element)
-                        b.store(value, self.element_at(b, packed, b.add(destination_row, b.mul(p, const(plan.mr)))))
-                with padding:
-                    with for_range(b, 0, kc, name="p") as p:
-                        b.store(self.zero(self.element), self.element_at(
-                            b, packed, b.add(destination_row, b.mul(p, const(plan.mr)))))
+    def _pack_a_rows(self, b: ir.IRBuilder, packed: ir.Value, base: ir.Value, pc: ir.Value, kc: ir.Value,
+                     panel_base: ir.Value, row_offsets: list[ir.Value]) -> None:
+        """A full panel of row-major A, row by row along k, each row in memory order (measured faster than
+        lanes x lanes register transposes on TTM's 16384 x 128 A)."""
+        k_map = self.maps["a", "k"]
+        for i, row_offset in enumerate(row_offsets):
+            with for_range(b, 0, kc, name="p") as p:
+                value = b.load(self.element_at(b, base, b.add(row_offset, k_map.offset(b, b.add(pc, p)))),
+                               typ=self.element)
+                destination = b.add(panel_base, b.add(b.mul(p, const(self.plan.mr)), const(i)))
+                b.store(value, self.element_at(b, packed, destination))
 
     def pack_b_function(self) -> ir.Function:
-        """Bp[panel][p][j] = B[pc + p, col = jc + panel*NR + j], zero past the block's columns."""
+        """Bp[panel][p][j] = B[pc + p, col = jc + panel*NR + j], zero past the block's columns. A full panel whose
+        columns are consecutive in memory is copied a vector per row; one whose k runs are consecutive is copied
+        as lanes x lanes blocks transposed in registers; anything else element by element."""
         plan = self.plan
         function, b = self._function("pack_b", [PTR, PTR, I64, I64, I64, I64])
         packed, base, pc, kc, jc, nc = function.args
         k_map, n_map = self.maps["b", "k"], self.maps["b", "n"]
-        columns_inner = n_map.stride == 1
         with for_range(b, 0, nc, step=plan.nr, name="panel") as panel:
             cols = _min(b, const(plan.nr), b.sub(nc, panel))
             panel_base = b.mul(panel, kc)
             first_col = b.add(jc, panel)
-
-            def copy(p: ir.Value, j: ir.Value, valid: ir.Value | None) -> None:
-                source = b.add(k_map.offset(b, b.add(pc, p)), n_map.offset(b, b.add(first_col, j)))
-                destination = self.element_at(b, packed, b.add(panel_base, b.add(b.mul(p, const(plan.nr)), j)))
-                if valid is None:
-                    b.store(b.load(self.element_at(b, base, source), typ=self.element), destination)
-                    return
-                with b.if_else(valid) as (inside, outside):
-                    with inside:
-                        b.store(b.load(self.element_at(b, base, source), typ=self.element), destination)
-                    with outside:
-                        b.store(self.zero(self.element), destination)
-
-            with b.if_else(b.icmp_signed("==", cols, const(plan.nr))) as (full, partial):
-                with full:
-                    if columns_inner:
-                        with for_range(b, 0, kc, name="p") as p:
-                            with for_range(b, 0, plan.nr, name="j") as j:
-                                copy(p, j, None)
-                    else:
-                        with for_range(b, 0, plan.nr, name="j") as j:
-                            with for_range(b, 0, kc, name="p") as p:
-                                copy(p, j, None)
-                with partial:
+            full = b.icmp_signed("==", cols, const(plan.nr))
+            with b.if_else(b.and_(full, n_map.consecutive(b, first_col, plan.nr))) as (rows, other):
+                with rows:
+                    column = n_map.offset(b, first_col)
                     with for_range(b, 0, kc, name="p") as p:
-                        with for_range(b, 0, plan.nr, name="j") as j:
-                            copy(p, j, b.icmp_signed("<", j, cols))
+                        source = self.element_at(b, base, b.add(k_map.offset(b, b.add(pc, p)), column))
+                        self.copy_vectors(b, source, self.element_at(
+                            b, packed, b.add(panel_base, b.mul(p, const(plan.nr)))), plan.nr // plan.lanes)
+                with other:
+                    with b.if_else(full) as (whole, partial):
+                        with whole:
+                            columns = [n_map.offset(b, b.add(first_col, const(j))) for j in range(plan.nr)]
+                            self._pack_b_columns(b, packed, base, pc, kc, panel_base, columns)
+                        with partial:
+                            with for_range(b, 0, kc, name="p") as p:
+                                with for_range(b, 0, plan.nr, name="j") as j:
+                                    destination = self.element_at(
+                                        b, packed, b.add(panel_base, b.add(b.mul(p, const(plan.nr)), j)))
+                                    with b.if_else(b.icmp_signed("<", j, cols)) as (inside, outside):
+                                        with inside:
+                                            source = b.add(k_map.offset(b, b.add(pc, p)),
+                                                           n_map.offset(b, b.add(first_col, j)))
+                                            b.store(b.load(self.element_at(b, base, source), typ=self.element),
+                                                    destination)
+                                        with outside:
+                                            b.store(self.zero(self.element), destination)
         b.ret_void()
         return function
+
+    def _pack_b_columns(self, b: ir.IRBuilder, packed: ir.Value, base: ir.Value, pc: ir.Value, kc: ir.Value,
+                        panel_base: ir.Value, columns: list[ir.Value]) -> None:
+        """A full panel of NR columns at element offsets `columns`: blocks of `lanes` consecutive k transposed in
+        registers where k runs are consecutive, element by element elsewhere (k loop inside: B's rows are apart)."""
+        plan, lanes = self.plan, self.plan.lanes
+        k_map = self.maps["b", "k"]
+
+        def copy_elements(p_lo: ir.Value, p_hi: ir.Value) -> None:
+            for j, column in enumerate(columns):
+                with for_range(b, p_lo, p_hi, name="p") as p:
+                    value = b.load(self.element_at(b, base, b.add(k_map.offset(b, b.add(pc, p)), column)),
+                                   typ=self.element)
+                    b.store(value, self.element_at(b, packed, b.add(panel_base, b.add(b.mul(p, const(plan.nr)),
+                                                                                      const(j)))))
+
+        if not k_map.may_be_consecutive(lanes):
+            copy_elements(const(0), kc)
+            return
+        blocks_end = b.mul(b.sdiv(kc, const(lanes)), const(lanes))
+        with for_range(b, 0, blocks_end, step=lanes, name="p0") as p0:
+            with b.if_else(k_map.consecutive(b, b.add(pc, p0), lanes)) as (block, elements):
+                with block:
+                    row = k_map.offset(b, b.add(pc, p0))
+                    destination = b.add(panel_base, b.mul(p0, const(plan.nr)))
+                    for group in range(plan.nr // lanes):
+                        vectors = [b.load(self.element_at(b, base, b.add(row, column)), typ=self.vector,
+                                          align=self.element_bytes)
+                                   for column in columns[group * lanes:(group + 1) * lanes]]
+                        for q, vector in enumerate(_transpose(b, vectors)):
+                            target = b.add(destination, const(q * plan.nr + group * lanes))
+                            b.store(vector, self.element_at(b, packed, target), align=self.element_bytes * lanes)
+                with elements:
+                    copy_elements(p0, b.add(p0, const(lanes)))
+        copy_elements(blocks_end, kc)
+
+    def copy_vectors(self, b: ir.IRBuilder, source: ir.Value, destination: ir.Value, count: int) -> None:
+        """Copy `count` vectors from any address to a vector-aligned one."""
+        for v in range(count):
+            value = b.load(self.element_at(b, source, const(v * self.plan.lanes)), typ=self.vector,
+                           align=self.element_bytes)
+            b.store(value, self.element_at(b, destination, const(v * self.plan.lanes)),
+                    align=self.element_bytes * self.plan.lanes)
 
     def micro_function(self) -> ir.Function:
         """C[i, j] (+)= sum_p Ap[p][i] * Bp[p][j] for an MR x NR tile held in MR * NR/lanes vector registers.
@@ -376,6 +469,11 @@ class _Gemm:
                     result.append(self.madd(b, splat, columns[v], acc[i * vectors_per_row + v]))
             return result
 
+        write_hint = [ir.Constant(ir.IntType(32), v) for v in (1, 3, 1)]
+        for i in range(plan.mr):  # the tile's rows (first and last element) arrive while the k loop runs
+            for column in (0, plan.nr - 1):
+                address = self.element_at(b, target, b.add(b.mul(const(i), row_stride), const(column)))
+                b.call(self.prefetch(), [address, *write_hint])
         unroll = 4
         main = b.mul(b.sdiv(kc, const(unroll)), const(unroll))
         state = list(initial)
@@ -424,6 +522,25 @@ def _thread_split(batch: int, m: int, n: int, plan: GemmPlan, threads: int) -> s
     if n > m and n > plan.nr:
         return "n"
     return "m" if m > plan.mr else "batch"
+
+
+def _transpose(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
+    """Transpose lanes x lanes values held as `lanes` vectors: at each block size h (lanes/2 .. 1), rows i and
+    i + h swap their off-diagonal h-blocks (log2(lanes) rounds of two-input shuffles)."""
+    lanes = len(rows)
+    rows = list(rows)
+    mask_type = ir.VectorType(ir.IntType(32), lanes)
+    h = lanes // 2
+    while h >= 1:
+        low = [j + lanes - h if j & h else j for j in range(lanes)]
+        high = [j + lanes if j & h else j + h for j in range(lanes)]
+        for i in range(lanes):
+            if not i & h:
+                x, y = rows[i], rows[i + h]
+                rows[i] = b.shuffle_vector(x, y, ir.Constant(mask_type, low))
+                rows[i + h] = b.shuffle_vector(x, y, ir.Constant(mask_type, high))
+        h //= 2
+    return rows
 
 
 def _min(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
