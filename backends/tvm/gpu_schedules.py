@@ -226,15 +226,7 @@ def schedule_reduce(sch: s_tir.Schedule, stage: Stage) -> None:
             else sch.add_unit_loop(sch.get_loops(block)[0])
         sch.bind(outputs_loop, "blockIdx.x")
         return
-    if not spatial:
-        spatial = [sch.add_unit_loop(block)]
-    fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
-    if _extent(sch, fused) <= THREADS:
-        sch.bind(fused, "threadIdx.x")
-    else:
-        outer, inner = sch.split(fused, [None, THREADS])
-        sch.bind(outer, "blockIdx.x")
-        sch.bind(inner, "threadIdx.x")
+    bind_flat_loops(sch, spatial or [sch.add_unit_loop(block)])
     sch.decompose_reduction(block, summed[0])
 
 
