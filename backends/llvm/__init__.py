@@ -13,10 +13,11 @@ from einfold.ir import Program
 
 DESCRIPTION = "native CPU code through LLVM (llvmlite JIT): blocked FMA GEMM micro-kernels, vectorised loop nests"
 
-# Programs estimated to run for less than this on one thread stay on it unless `threads` is given: waking the pool's
-# threads costs about 0.4 ms per call on a 2-vCPU VM (measured: a 256^3 GEMM takes 0.46 ms on one thread, 0.84 ms
-# on two; 384^3 takes 1.48 ms on one, 1.02 ms on two).
-PARALLEL_MIN_SECONDS = 1e-3
+# Programs estimated to run for less than this on one thread stay on it unless `threads` is given. A worker that
+# is awake (spinning after its last share, see pool.py) costs nothing to start; one asleep costs 0.1-0.3 ms on a
+# 2-vCPU VM. Measured, f32 GEMM n^3, one thread / two (back-to-back calls; calls 5 ms apart): n = 128: 77 / 52 us,
+# 243 / 287 us; n = 192 (estimate 0.24 ms): 193 / 123 us, 406 / 407 us; n = 256: 444 / 234 us, 721 / 648 us.
+PARALLEL_MIN_SECONDS = 2e-4
 SINGLE_THREAD_FLOPS_PER_SECOND = 70e9  # the 6x16 FMA kernel on one AVX2 core
 SINGLE_THREAD_BYTES_PER_SECOND = 12e9  # streaming reads and writes on one core
 
