@@ -44,13 +44,33 @@ def _calls_per_sample(fn: Callable[[], object], min_sample_seconds: float) -> in
     return calls
 
 
+QUIET_WINDOW_SECONDS = 0.01
+QUIET_CPU_SHARE = 0.1  # of one core
+MAX_SETTLE_SECONDS = 2.0
+
+
+def settle(min_seconds: float) -> None:
+    """Sleep at least `min_seconds`, then until this process's threads are quiet: less than QUIET_CPU_SHARE of a
+    core used over a QUIET_WINDOW_SECONDS window (at most MAX_SETTLE_SECONDS in all). A library's worker threads
+    may spin long after its call returns (OpenBLAS's for ~0.11 s here), and would steal a core from whatever is
+    timed next."""
+    start = time.perf_counter()
+    time.sleep(min_seconds)
+    while time.perf_counter() - start < MAX_SETTLE_SECONDS:
+        used = time.process_time()
+        time.sleep(QUIET_WINDOW_SECONDS)
+        if time.process_time() - used < QUIET_CPU_SHARE * QUIET_WINDOW_SECONDS:
+            return
+
+
 def measure_interleaved(fns: dict[str, Callable[[], object]], repeat: int = 7, warmup: int = 2,
                         min_sample_seconds: float = 0.005, settle_seconds: float = 0.1) -> dict[str, Timing]:
     """Time each function after `warmup` calls: `repeat` (>= 5) samples each, taken round-robin (one sample of
     every function per round) so that a change in background load hits all alike. A sample lasts at least
     `min_sample_seconds` (fast calls are looped) so that the clock's resolution does not matter. Before each
-    sample the machine settles for `settle_seconds` and the function runs once untimed: the worker threads of the
-    library timed just before (OpenBLAS spins for about 0.1 s after a call) must not steal this one's cores."""
+    sample the machine settles (`settle`: at least `settle_seconds`, then until no thread of the process is busy) and
+    the function runs once untimed: the worker threads of the library timed just before must not steal this one's
+    cores."""
     if repeat < MIN_REPEAT:
         raise ValueError(f"repeat must be at least {MIN_REPEAT} for a meaningful median, got {repeat}")
     calls = {}
@@ -61,7 +81,7 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], repeat: int = 7, w
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
-            time.sleep(settle_seconds)
+            settle(settle_seconds)
             fn()
             samples[name].append(_timed(fn, calls[name]) / calls[name])
     return {name: Timing(statistics.median(s), tuple(s), calls[name]) for name, s in samples.items()}

@@ -1,6 +1,6 @@
 """CPU einsum benchmark: einfold's `llvm` and `tvm` targets against numpy.einsum, opt_einsum and torch.einsum.
 
-    python benchmarks/cpu_einsum.py [--quick] [--targets llvm,tvm] [--repeat 7] [--out results.md]
+    python benchmarks/cpu_einsum.py [--quick] [--targets llvm,tvm] [--repeat 15] [--out results.md]
 Every result is checked against numpy (float64 oracle) before it is timed; a wrong or failing einfold result
 makes the run exit with status 1 after printing the table. Times are medians per call after warm-up; compile
 time is reported apart. Speedup = best peer's time / einfold's time (> 1: einfold is faster).
@@ -286,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes: a fast smoke run of the harness")
     parser.add_argument("--targets", default="llvm,tvm", help="einfold targets, comma-separated (default llvm,tvm)")
-    parser.add_argument("--repeat", type=int, default=7, help="timed samples per measurement (>= 5; default 7)")
+    parser.add_argument("--repeat", type=int, default=15,
+                        help="timed samples per measurement (>= 5; default 15: see benchmarks/README.md)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "int32", "int64"])
     parser.add_argument("--cases", default="", help="only the cases whose name contains one of these words")
     parser.add_argument("--out", type=Path, help="also write the markdown report to this file")
