@@ -8,6 +8,7 @@ import ctypes
 import functools
 import os
 import threading
+from collections.abc import Callable
 
 from llvmlite import ir
 
@@ -175,7 +176,7 @@ class WorkerPool:
             threading.Thread(target=self._work, args=(worker, t, cpus[t] if pinned else None), daemon=True,
                              name=f"einfold-llvm-{t}").start()
 
-    def _work(self, worker: ctypes._CFuncPtr, t: int, cpu: int | None) -> None:
+    def _work(self, worker: Callable[[int, int], None], t: int, cpu: int | None) -> None:
         if cpu is not None:
             os.sched_setaffinity(0, {cpu})
         worker(self.state, t)
