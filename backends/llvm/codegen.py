@@ -20,7 +20,6 @@ from .memory import Chain, MemoryPlan
 from .scalars import I32, I64, PTR, Scalar, Value, constant, load, scalar, store
 
 VOID = ir.VoidType()
-ENTRY_FUNCTION = ir.FunctionType(VOID, [PTR, I64, I64])  # every kernel and the entry: (bufs, thread, threads)
 ENTRY = "einfold_entry"
 ERROR_FLAG = "einfold_error"
 
@@ -29,7 +28,7 @@ class Kernel:
     """One generated function `void kernel(ptr bufs, i64 thread, i64 threads)` and its builder."""
 
     def __init__(self, module: ir.Module, name: str, error_flag: ir.GlobalVariable):
-        self.function = ir.Function(module, ENTRY_FUNCTION, name)
+        self.function = ir.Function(module, ir.FunctionType(VOID, [PTR, I64, I64]), name)
         self.function.linkage = "internal"
         self.bufs, self.thread, self.threads = self.function.args
         self.b = ir.IRBuilder(self.function.append_basic_block("entry"))
@@ -146,8 +145,8 @@ class ModuleBuilder:
         return self.module
 
     def _entry(self) -> None:
-        barrier = barrier_function(self.module)
-        entry = ir.Function(self.module, ENTRY_FUNCTION, ENTRY)
+        barrier = self._barrier()
+        entry = ir.Function(self.module, ir.FunctionType(VOID, [PTR, I64, I64]), ENTRY)
         b = ir.IRBuilder(entry.append_basic_block("entry"))
         bufs, thread, threads = entry.args
         for k, step in enumerate(self.steps):
@@ -155,6 +154,53 @@ class ModuleBuilder:
             if k + 1 < len(self.steps):
                 b.call(barrier, [threads])
         b.ret_void()
+
+    def _barrier(self) -> ir.Function:
+        """A sense-reversing spin barrier on two globals (yielding the CPU after a while of spinning)."""
+        module = self.module
+        count = ir.GlobalVariable(module, I64, "einfold_barrier_count")
+        generation = ir.GlobalVariable(module, I64, "einfold_barrier_generation")
+        for variable in (count, generation):
+            variable.initializer = ir.Constant(I64, 0)
+            variable.linkage = "internal"
+        pause = ir.Function(module, ir.FunctionType(VOID, []), "llvm.x86.sse2.pause")
+        sched_yield = ir.Function(module, ir.FunctionType(I32, []), "sched_yield")
+        function = ir.Function(module, ir.FunctionType(VOID, [I64]), "einfold_barrier")
+        function.linkage = "internal"
+        (threads,) = function.args
+        b = ir.IRBuilder(function.append_basic_block("entry"))
+        single = b.icmp_signed("<=", threads, const(1))
+        with b.if_then(single):
+            b.ret_void()
+        seen = b.load_atomic(generation, "acquire", 8)
+        arrived = b.atomic_rmw("add", count, const(1), "acq_rel")
+        last = b.icmp_signed("==", arrived, b.sub(threads, const(1)))
+        release = b.append_basic_block("release")
+        wait = b.append_basic_block("wait")
+        b.cbranch(last, release, wait)
+        b.position_at_end(release)
+        b.store_atomic(const(0), count, "monotonic", 8)
+        b.store_atomic(b.add(seen, const(1)), generation, "release", 8)
+        b.ret_void()
+        b.position_at_end(wait)
+        spin = b.append_basic_block("spin")
+        b.branch(spin)
+        b.position_at_end(spin)
+        spins = b.phi(I64)
+        spins.add_incoming(const(0), wait)
+        current = b.load_atomic(generation, "acquire", 8)
+        done = b.append_basic_block("done")
+        again = b.append_basic_block("again")
+        b.cbranch(b.icmp_signed("!=", current, seen), done, again)
+        b.position_at_end(done)
+        b.ret_void()
+        b.position_at_end(again)
+        b.call(pause, [])
+        with b.if_then(b.icmp_signed(">", spins, const(4000))):
+            b.call(sched_yield, [])
+        spins.add_incoming(b.add(spins, const(1)), b.block)
+        b.branch(spin)
+        return function
 
     # ----- elementwise nests -------------------------------------------------------------------------------
     def leaf_values(self, names: list[str], shape: tuple[int, ...]) -> tuple[list[Read], dict[str, Value]]:
@@ -233,83 +279,3 @@ class ModuleBuilder:
             kernel.only_thread_zero()
         level(0, offsets)
         self.steps.append(kernel.finish())
-
-
-# ----- threads waiting for each other ------------------------------------------------------------------------
-# A waiting thread checks its word SPIN_CHECKS times, a `pause` apart (~26 ns each on Zen 3: ~0.26 ms), before it
-# sleeps in the kernel: idle threads cost nothing, and waits that end soon (a call that follows, a barrier the other
-# thread reaches) find it awake. Waking a sleeping thread costs 0.1-0.3 ms on a 2-vCPU VM (its idle vCPU must be
-# rescheduled by the host): with a 26 us spin, back-to-back 256^3 GEMMs on two threads took 0.46-0.65 ms, with this
-# one 0.25-0.26 ms (one thread: 0.44 ms).
-SPIN_CHECKS = 10_000
-SYS_FUTEX = 202  # x86-64 Linux (the llvm target generates x86-64 code only)
-FUTEX_WAIT_PRIVATE, FUTEX_WAKE_PRIVATE = 128, 129
-
-
-def waiting_functions(module: ir.Module) -> tuple[ir.Function, ir.Function]:
-    """`einfold_wait(ptr word, i32 seen)`: return once the i32 at `word` is no longer `seen` (spinning, then asleep
-    on a futex); `einfold_wake(ptr word)`: wake every thread asleep on `word` (call after changing the word). Made
-    once per module."""
-    if "einfold_wait" in module.globals:
-        return module.globals["einfold_wait"], module.globals["einfold_wake"]
-    pause = ir.Function(module, ir.FunctionType(VOID, []), "llvm.x86.sse2.pause")
-    syscall = ir.Function(module, ir.FunctionType(I64, [I64], var_arg=True), "syscall")
-
-    def futex(b: ir.IRBuilder, word: ir.Value, op: int, value: ir.Value) -> None:
-        b.call(syscall, [const(SYS_FUTEX), b.ptrtoint(word, I64), const(op), value, const(0), const(0), const(0)])
-
-    wait = ir.Function(module, ir.FunctionType(VOID, [PTR, I32]), "einfold_wait")
-    wait.linkage = "internal"
-    word, seen = wait.args
-    b = ir.IRBuilder(wait.append_basic_block("entry"))
-    checks = b.alloca(I64)
-    b.store(const(0), checks)
-    check, spin, sleep, done = (wait.append_basic_block(name) for name in ("check", "spin", "sleep", "done"))
-    b.branch(check)
-    b.position_at_end(check)
-    b.cbranch(b.icmp_signed("!=", b.load_atomic(word, "acquire", 4, typ=I32), seen), done, spin)
-    b.position_at_end(spin)
-    count = b.add(b.load(checks, typ=I64), const(1))
-    b.store(count, checks)
-    b.call(pause, [])
-    b.cbranch(b.icmp_signed("<", count, const(SPIN_CHECKS)), check, sleep)
-    b.position_at_end(sleep)  # the kernel compares the word with `seen` before it sleeps: no wake-up is lost
-    futex(b, word, FUTEX_WAIT_PRIVATE, b.zext(seen, I64))
-    b.branch(check)
-    b.position_at_end(done)
-    b.ret_void()
-
-    wake = ir.Function(module, ir.FunctionType(VOID, [PTR]), "einfold_wake")
-    wake.linkage = "internal"
-    b = ir.IRBuilder(wake.append_basic_block("entry"))
-    futex(b, wake.args[0], FUTEX_WAKE_PRIVATE, const(2**31 - 1))
-    b.ret_void()
-    return wait, wake
-
-
-def barrier_function(module: ir.Module) -> ir.Function:
-    """`einfold_barrier(i64 threads)`: a sense-reversing barrier on module globals: the last thread to arrive resets
-    the count and bumps the generation; the others wait for the generation to change."""
-    wait, wake = waiting_functions(module)
-    count = ir.GlobalVariable(module, I64, "einfold_barrier_count")
-    generation = ir.GlobalVariable(module, I32, "einfold_barrier_generation")
-    for variable in (count, generation):
-        variable.initializer = ir.Constant(variable.value_type, 0)
-        variable.linkage = "internal"
-    function = ir.Function(module, ir.FunctionType(VOID, [I64]), "einfold_barrier")
-    function.linkage = "internal"
-    (threads,) = function.args
-    b = ir.IRBuilder(function.append_basic_block("entry"))
-    with b.if_then(b.icmp_signed("<=", threads, const(1))):
-        b.ret_void()
-    seen = b.load_atomic(generation, "acquire", 4, typ=I32)
-    arrived = b.atomic_rmw("add", count, const(1), "acq_rel")
-    with b.if_else(b.icmp_signed("==", arrived, b.sub(threads, const(1)))) as (last, other):
-        with last:
-            b.atomic_rmw("xchg", count, const(0), "monotonic")
-            b.atomic_rmw("add", generation, ir.Constant(I32, 1), "release")
-            b.call(wake, [generation])
-        with other:
-            b.call(wait, [generation, seen])
-    b.ret_void()
-    return function
