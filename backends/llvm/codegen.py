@@ -20,6 +20,7 @@ from .memory import Chain, MemoryPlan
 from .scalars import I32, I64, PTR, Scalar, Value, constant, load, scalar, store
 
 VOID = ir.VoidType()
+ENTRY_FUNCTION = ir.FunctionType(VOID, [PTR, I64, I64])  # every kernel and the entry: (bufs, thread, threads)
 ENTRY = "einfold_entry"
 ERROR_FLAG = "einfold_error"
 
@@ -28,7 +29,7 @@ class Kernel:
     """One generated function `void kernel(ptr bufs, i64 thread, i64 threads)` and its builder."""
 
     def __init__(self, module: ir.Module, name: str, error_flag: ir.GlobalVariable):
-        self.function = ir.Function(module, ir.FunctionType(VOID, [PTR, I64, I64]), name)
+        self.function = ir.Function(module, ENTRY_FUNCTION, name)
         self.function.linkage = "internal"
         self.bufs, self.thread, self.threads = self.function.args
         self.b = ir.IRBuilder(self.function.append_basic_block("entry"))
@@ -146,7 +147,7 @@ class ModuleBuilder:
 
     def _entry(self) -> None:
         barrier = self._barrier()
-        entry = ir.Function(self.module, ir.FunctionType(VOID, [PTR, I64, I64]), ENTRY)
+        entry = ir.Function(self.module, ENTRY_FUNCTION, ENTRY)
         b = ir.IRBuilder(entry.append_basic_block("entry"))
         bufs, thread, threads = entry.args
         for k, step in enumerate(self.steps):

@@ -1,6 +1,7 @@
 """The llvm target's worker pool: one native thread per share of a parallel call, pinned one per CPU, each waiting
 in JIT-compiled code (a short spin, then a futex) for its own wake-up word. The caller runs the share of the CPU it
-is on itself and wakes only the others: a two-thread call is one ctypes call and one futex wake, with no GIL hand-off."""
+is on itself and wakes only the others: a two-thread call is one ctypes call and one futex wake, no GIL hand-off.
+Within a call, the barrier between steps (codegen.py) never sleeps: it spins, then yields the CPU."""
 
 from __future__ import annotations
 
@@ -12,13 +13,12 @@ from collections.abc import Callable
 
 from llvmlite import ir
 
+from .codegen import ENTRY_FUNCTION, VOID
 from .jit import Jitted, compile_module
 from .loops import const, for_range
 from .memory import ALIGN
 from .scalars import I32, I64, PTR
 
-VOID = ir.VoidType()
-ENTRY_FUNCTION = ir.FunctionType(VOID, [PTR, I64, I64])  # einfold_entry(bufs, share, threads)
 WORKER, DISPATCH = "einfold_pool_worker", "einfold_pool_dispatch"
 WORKER_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
 DISPATCH_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
